@@ -1,0 +1,3 @@
+from consumers.main import main
+
+main()

@@ -1,0 +1,52 @@
+"""The aiohttp application factory: resources opened and closed in one cleanup_ctx."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.admission import Admission
+from gateway.errors import error_middleware
+from gateway.hints import ItemHints
+from gateway.metrics import GatewayMetrics, metrics_middleware
+from gateway.openapi import openapi_handler
+from gateway.ratelimit import open_rate_limits
+from gateway.routes import add_routes
+from gateway.state import GATEWAY, Gateway
+from services.producer import open_producer
+from services.resources import open_core
+from services.settings import Settings
+from services.store.notifications import result_listener
+
+# aiohttp's own cap on a body; the handlers apply the smaller limit of settings.
+CLIENT_MAX_SIZE = 64 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    metrics = GatewayMetrics()
+    app = web.Application(
+        middlewares=[metrics_middleware(metrics), error_middleware],
+        client_max_size=CLIENT_MAX_SIZE,
+    )
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            core = await stack.enter_async_context(open_core(settings))
+            producer = await stack.enter_async_context(open_producer(settings))
+            limits = open_rate_limits(settings)
+            stack.push_async_callback(limits.close)
+            waiters = await stack.enter_async_context(result_listener(settings.database_url))
+            hints = ItemHints(settings.item_cache_s, settings.sold_out_cache_s)
+            app[GATEWAY] = Gateway(
+                settings=settings, core=core, producer=producer, limits=limits, hints=hints,
+                metrics=metrics, waiters=waiters,
+                admission=Admission(core, producer, hints, metrics),
+            )
+            yield
+
+    app.cleanup_ctx.append(resources)
+    add_routes(app)
+    app.router.add_get("/openapi.json", openapi_handler)
+    return app

@@ -1,0 +1,44 @@
+"""Bearer tokens: the admin token from settings, user tokens signed by the gateway's secret."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from gateway.errors import ApiError
+from services.tokens import TokenError, verify_token
+
+BEARER = "Bearer "
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>",
+                       {"WWW-Authenticate": "Bearer"})
+    if not header.startswith(BEARER) or not header[len(BEARER):].strip():
+        raise ApiError(401, "unauthorized", "malformed Authorization header",
+                       {"WWW-Authenticate": "Bearer"})
+    return header[len(BEARER):].strip()
+
+
+def require_user(request: web.Request, secret: str) -> str:
+    """The user id the token names; 401 when missing, malformed, forged or expired."""
+    token = _bearer(request)
+    try:
+        return verify_token(secret, token)
+    except TokenError as exc:
+        raise ApiError(401, "invalid_token", str(exc), {"WWW-Authenticate": "Bearer"}) from exc
+
+
+def require_admin(request: web.Request, admin_token: str, secret: str) -> None:
+    token = _bearer(request)
+    if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
+        return
+    try:
+        verify_token(secret, token)
+    except TokenError as exc:
+        raise ApiError(401, "invalid_token", "not a valid admin token",
+                       {"WWW-Authenticate": "Bearer"}) from exc
+    raise ApiError(403, "forbidden", "this route needs the admin token")

@@ -1,0 +1,160 @@
+"""HTTP handlers: each reads top to bottom as the steps of api.md."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from gateway.auth import require_admin, require_user
+from gateway.errors import ApiError
+from gateway.ratelimit import CLIENT, ITEM, USER
+from gateway.state import GATEWAY, Gateway
+from gateway.validation import (
+    idempotency_key,
+    parse_item,
+    parse_purchase,
+    path_item_id,
+    path_purchase_id,
+    read_json_object,
+    wait_seconds,
+)
+from services.errors import ItemNotFoundError, UnavailableError
+from services.reconciler import rebuild_item
+from services.store.items import Item, get_item, upsert_item
+from services.store.purchases import PurchaseRow, get_purchase
+
+PENDING = "pending"
+# Re-check Postgres at least this often while waiting, in case a notification was missed.
+WAIT_RECHECK_S = 1.0
+
+
+async def put_item(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    require_admin(request, gw.settings.admin_token, gw.settings.secret)
+    item_id = path_item_id(request)
+    spec = parse_item(await read_json_object(request, gw.settings.max_body_bytes))
+    item, created = await upsert_item(gw.core.pool, item_id, spec.stock, spec.per_user_limit)
+    await rebuild_item(gw.core, item)
+    gw.hints.forget(item_id)
+    return web.json_response(item.as_json(), status=201 if created else 200)
+
+
+async def get_item_handler(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    item = await get_item(gw.core.pool, path_item_id(request))
+    return web.json_response(item.as_json())
+
+
+async def item_for_admission(gw: Gateway, item_id: str) -> Item:
+    cached = gw.hints.item(item_id)
+    if cached is not None:
+        return cached
+    try:
+        item = await get_item(gw.core.pool, item_id)
+    except ItemNotFoundError as exc:
+        raise ApiError(404, "item_not_found", f"no item {item_id}") from exc
+    except UnavailableError:
+        stale = gw.hints.stale_item(item_id)
+        if stale is None:
+            raise
+        return stale
+    gw.hints.remember_item(item)
+    return item
+
+
+async def post_purchase(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    user_id = require_user(request, gw.settings.secret)
+    key = idempotency_key(request)
+    order = parse_purchase(await read_json_object(request, gw.settings.max_body_bytes))
+    await gw.limits.check(USER, user_id)
+    await gw.limits.check(CLIENT, request.remote or "unknown")
+    item = await item_for_admission(gw, order.item_id)
+    if order.quantity > item.per_user_limit:
+        raise ApiError(422, "quantity_above_limit",
+                       f"quantity may be at most {item.per_user_limit} for {item.item_id}")
+    await gw.limits.check(ITEM, order.item_id)
+    admitted = await gw.admission.admit(user_id, key, order.item_id, order.quantity)
+    location = f"/v1/purchases/{admitted.purchase_id}"
+    return web.json_response(
+        {"purchase_id": admitted.purchase_id, "status": PENDING},
+        status=202,
+        headers={"Location": location},
+    )
+
+
+def _purchase_json(row: PurchaseRow) -> dict[str, object]:
+    return {"purchase_id": row.purchase_id, "item_id": row.item_id, "quantity": row.quantity,
+            "status": row.status, "reason": row.reason}
+
+
+async def _lookup(gw: Gateway, purchase_id: str, user_id: str) -> dict[str, object] | None:
+    """The purchase as its owner sees it; None when it is unknown or someone else's."""
+    row = await get_purchase(gw.core.pool, purchase_id)
+    if row is not None:
+        return _purchase_json(row) if row.user_id == user_id else None
+    pending = await gw.core.idempotency.get(purchase_id)
+    if pending is None or pending.user_id != user_id:
+        return None
+    return {"purchase_id": purchase_id, "item_id": pending.item_id,
+            "quantity": pending.quantity, "status": PENDING, "reason": None}
+
+
+async def get_purchase_handler(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    user_id = require_user(request, gw.settings.secret)
+    wait_s = min(wait_seconds(request), gw.settings.result_wait_max_s)
+    purchase_id = path_purchase_id(request)
+    not_found = ApiError(404, "purchase_not_found", "no such purchase")
+    if purchase_id is None:
+        raise not_found
+    deadline = time.monotonic() + wait_s
+    with gw.waiters.watch(purchase_id) as woken:
+        found = await _lookup(gw, purchase_id, user_id)
+        while found is not None and found["status"] == PENDING:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(woken.wait(), timeout=min(left, WAIT_RECHECK_S))
+            except TimeoutError:
+                pass
+            woken.clear()
+            found = await _lookup(gw, purchase_id, user_id)
+    if found is None:
+        raise not_found
+    return web.json_response(found)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    checks = await gw.readiness()
+    ready = all(checks.values())
+    body = {"status": "ready" if ready else "not_ready",
+            "checks": {name: "ok" if ok else "down" for name, ok in checks.items()}}
+    if not ready:
+        body["error"] = "unavailable"
+        body["detail"] = "not ready: " + ", ".join(n for n, ok in checks.items() if not ok)
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return web.Response(body=gw.metrics.render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_put("/v1/items/{item_id}", put_item)
+    app.router.add_get("/v1/items/{item_id}", get_item_handler)
+    app.router.add_post("/v1/purchases", post_purchase)
+    app.router.add_get("/v1/purchases/{purchase_id}", get_purchase_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,61 @@
+"""What one gateway holds while it runs, under a typed AppKey."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.admission import Admission
+from gateway.hints import ItemHints
+from gateway.metrics import GatewayMetrics
+from gateway.ratelimit import RateLimits
+from services.producer import PurchaseProducer
+from services.resources import CoreResources
+from services.settings import Settings
+from services.store.db import CONNECTION_ERRORS
+from services.store.notifications import ResultWaiters
+
+READY_CHECK_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    core: CoreResources
+    producer: PurchaseProducer
+    limits: RateLimits
+    hints: ItemHints
+    metrics: GatewayMetrics
+    waiters: ResultWaiters
+    admission: Admission
+
+    async def readiness(self) -> dict[str, bool]:
+        names = ("postgres", "redis", "kafka")
+        results = await asyncio.gather(
+            self._check(self._postgres()), self._check(self._redis()), self._check(self._kafka())
+        )
+        return dict(zip(names, results, strict=True))
+
+    @staticmethod
+    async def _check(probe: asyncio.Future[object] | object) -> bool:
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+                await probe  # type: ignore[misc]
+        except (TimeoutError, *CONNECTION_ERRORS, Exception):  # noqa: BLE001 - any failure = not ready
+            return False
+        return True
+
+    async def _postgres(self) -> None:
+        await self.core.pool.fetchval("SELECT 1")
+
+    async def _redis(self) -> None:
+        await self.core.redis.ping()  # type: ignore[misc]
+
+    async def _kafka(self) -> None:
+        if not await self.producer.partitions():
+            raise ConnectionError("topic has no partitions")
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

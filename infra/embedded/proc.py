@@ -1,0 +1,144 @@
+"""Helpers shared by the embedded services: free ports, readiness waits, logs, stopping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from services.errors import ServiceStartError
+
+READY_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.05
+STOP_GRACE_S = 3.0
+LOG_TAIL_LINES = 20
+
+
+def free_port(max_port: int = 65535) -> int:
+    """A port free on 127.0.0.1 now (the OS picks; retried when above `max_port`)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port <= max_port:
+            return port
+    raise ServiceStartError(f"no free port at or below {max_port}")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_until(
+    check: Callable[[], bool],
+    what: str,
+    log: Path,
+    timeout_s: float = READY_TIMEOUT_S,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Poll `check` until true; on timeout or death, fail with the log's last lines."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if alive is not None and not alive():
+            raise ServiceStartError(f"{what} exited during start; last log lines:\n{log_tail(log)}")
+        time.sleep(POLL_INTERVAL_S)
+    raise ServiceStartError(f"{what} not ready after {timeout_s:.0f}s; last log lines:\n{log_tail(log)}")
+
+
+def require_binary(path: Path | str, hint: str) -> str:
+    text = str(path)
+    if not os.path.isfile(text) or not os.access(text, os.X_OK):
+        raise ServiceStartError(f"missing binary {text}: {hint}")
+    return text
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return _not_zombie(pid)
+    return reaped == 0
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def terminate_pid(pid: int, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM, wait up to `grace_s`, then SIGKILL (the broker ignores SIGTERM for a while)."""
+    if not pid_alive(pid):
+        return
+    try:
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(POLL_INTERVAL_S)
+    kill_pid(pid)
+
+
+def kill_pid(pid: int, timeout_s: float = 5.0) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(POLL_INTERVAL_S)
+
+
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (so Ctrl-C in a shell reaches only us), output to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )

@@ -1,0 +1,53 @@
+"""Gateway and consumer processes of the embedded stack."""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from infra.embedded.proc import log_tail, pid_alive, spawn, wait_until
+from services.errors import ServiceStartError
+from services.settings import Settings
+
+READY_TIMEOUT_S = 60.0
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(settings.as_env())
+    env.update(extra)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def start_gateway(settings: Settings, log_dir: Path, index: int = 0) -> int:
+    log = log_dir / f"gateway-{index}.log"
+    process = spawn([sys.executable, "-m", "gateway"], log, child_env(settings))
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}/readyz"
+    wait_until(lambda: _http_ok(url), f"gateway on port {settings.gateway_port}", log,
+               timeout_s=READY_TIMEOUT_S, alive=lambda: process.poll() is None)
+    return process.pid
+
+
+def start_consumer(settings: Settings, log_dir: Path, name: str) -> int:
+    log = log_dir / f"{name}.log"
+    process = spawn([sys.executable, "-m", "consumers"], log,
+                    child_env(settings, FLASHSALE_CONSUMER_NAME=name))
+    if process.poll() is not None:
+        raise ServiceStartError(f"consumer {name} exited at once:\n{log_tail(log)}")
+    return process.pid
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if pid_alive(pid)]

@@ -1,0 +1,185 @@
+"""The embedded stack: Postgres, Redis (or a Redis Cluster), the broker, gateways, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.embedded.broker import EmbeddedBroker
+from infra.embedded.postgres import EmbeddedPostgres
+from infra.embedded.proc import free_port, pid_alive, terminate_pid
+from infra.embedded.redis import EmbeddedRedis
+from infra.processes import alive, start_consumer, start_gateway
+from infra.stackfile import StackFile, StackPids
+from services.errors import ServiceStartError
+from services.resources import open_core
+from services.settings import Settings
+from services.store.leases import list_leases
+from services.topics import ensure_topic
+
+log = logging.getLogger(__name__)
+
+CONSUMERS_READY_TIMEOUT_S = 90.0
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class EmbeddedStack:
+    """Starts every part as a child process; `stack_file()` tells where each one is."""
+
+    state_dir: Path
+    settings: Settings
+    redis_cluster: bool = False
+    postgres: EmbeddedPostgres = field(init=False)
+    redis: EmbeddedRedis = field(init=False)
+    broker: EmbeddedBroker = field(init=False)
+    gateway_pids: list[int] = field(default_factory=list)
+    consumer_pids: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o755)
+        self.postgres = EmbeddedPostgres(self.state_dir / "postgres", fsync=self.settings.postgres_fsync)
+        self.redis = EmbeddedRedis(self.state_dir / "redis", cluster=self.redis_cluster)
+        self.broker = EmbeddedBroker(self.state_dir / "kafka")
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def start_services(self, progress: Progress = _quiet) -> Settings:
+        """Postgres, Redis and the broker, then the schema and the topic."""
+        progress("starting postgres")
+        self.postgres.start()
+        progress(f"starting redis{' cluster' if self.redis_cluster else ''}")
+        self.redis.start()
+        progress("starting broker")
+        self.broker.start()
+        self.settings = self.settings.replace(
+            database_url=self.postgres.url,
+            redis_url=self.redis.url,
+            redis_cluster=self.redis_cluster,
+            kafka_bootstrap=self.broker.bootstrap,
+            admin_token=self.settings.admin_token or secrets.token_urlsafe(24),
+            secret=self.settings.secret or secrets.token_urlsafe(32),
+            state_dir=self.state_dir,
+        )
+        progress("applying migrations, creating topic")
+        asyncio.run(_prepare(self.settings))
+        return self.settings
+
+    def start_processes(self, consumers: int, progress: Progress = _quiet) -> None:
+        if self.settings.gateway_port == 0 or not _port_free(self.settings.gateway_port):
+            self.settings = self.settings.replace(gateway_port=free_port())
+        progress(f"starting {consumers} consumer(s)")
+        for index in range(consumers):
+            self.add_consumer(f"consumer-{index}-{secrets.token_hex(2)}")
+        progress("starting gateway")
+        self.gateway_pids.append(start_gateway(self.settings, self.log_dir))
+        if consumers:
+            progress("waiting for consumers to own every partition")
+            wait_for_consumers(self.settings, list(self.consumer_pids))
+
+    def add_consumer(self, name: str) -> int:
+        pid = start_consumer(self.settings, self.log_dir, name)
+        self.consumer_pids[name] = pid
+        return pid
+
+    def stack_file(self) -> StackFile:
+        return StackFile(
+            gateway_url=f"http://{self.settings.gateway_host}:{self.settings.gateway_port}",
+            admin_token=self.settings.admin_token,
+            secret=self.settings.secret,
+            database_url=self.settings.database_url,
+            redis_url=self.settings.redis_url,
+            redis_cluster=self.redis_cluster,
+            kafka_bootstrap=self.settings.kafka_bootstrap,
+            postgres_port=self.postgres.port,
+            redis_ports=[node.port for node in self.redis.nodes],
+            kafka_port=self.broker.port,
+            gateway_port=self.settings.gateway_port,
+            consumer_names=list(self.consumer_pids),
+            pids=StackPids(
+                gateway=list(self.gateway_pids),
+                consumers=list(self.consumer_pids.values()),
+                postgres=self.postgres.pid(),
+                redis=self.redis.pids,
+                kafka=self.broker.pid,
+            ),
+        )
+
+    def stop(self, progress: Progress = _quiet) -> None:
+        """Everything this object started; safe to call twice."""
+        progress("stopping gateway and consumers")
+        for pid in [*self.gateway_pids, *self.consumer_pids.values()]:
+            terminate_pid(pid, grace_s=10)
+        self.gateway_pids.clear()
+        self.consumer_pids.clear()
+        progress("stopping broker, redis, postgres")
+        self.broker.stop()
+        self.redis.stop()
+        self.postgres.stop()
+
+
+def _port_free(port: int) -> bool:
+    from infra.embedded.proc import port_is_free  # noqa: PLC0415
+
+    return port_is_free(port)
+
+
+async def _prepare(settings: Settings) -> None:
+    async with open_core(settings, run_migrations=True) as core:
+        from services.store.leases import ensure_leases  # noqa: PLC0415
+
+        await ensure_leases(core.pool, settings.topic, settings.partitions)
+    await ensure_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
+
+
+def wait_for_consumers(
+    settings: Settings, names: list[str], timeout_s: float = CONSUMERS_READY_TIMEOUT_S
+) -> None:
+    """Until every partition's lease is held by one of `names`."""
+    asyncio.run(_wait_for_owners(settings, set(names), timeout_s))
+
+
+async def _wait_for_owners(settings: Settings, names: set[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with open_core(settings) as core:
+        while time.monotonic() < deadline:
+            leases = await list_leases(core.pool, settings.topic)
+            owners = {lease.owner for lease in leases}
+            if leases and owners <= names and len(leases) >= settings.partitions:
+                return
+            await asyncio.sleep(0.2)
+    raise ServiceStartError(
+        f"consumers {sorted(names)} did not take every partition within {timeout_s:.0f}s; "
+        f"see {settings.state_dir / 'logs'}"
+    )
+
+
+def stop_from_file(state_dir: Path, stack: StackFile, progress: Progress = _quiet) -> list[int]:
+    """Stop what `up --detach` started; returns pids that were still alive after stopping."""
+    progress("stopping gateway and consumers")
+    for pid in [*stack.pids.gateway, *stack.pids.consumers]:
+        terminate_pid(pid, grace_s=10)
+    progress("stopping broker and redis")
+    for pid in [*([stack.pids.kafka] if stack.pids.kafka else []), *stack.pids.redis]:
+        terminate_pid(pid)
+    progress("stopping postgres")
+    EmbeddedPostgres(state_dir / "postgres", port=stack.postgres_port).stop()
+    if stack.supervisor_pid and stack.supervisor_pid != 0:
+        terminate_pid(stack.supervisor_pid)
+    return alive(stack.pids.all())
+
+
+def stack_is_running(stack: StackFile) -> bool:
+    return any(pid_alive(pid) for pid in stack.pids.all())

@@ -1,0 +1,47 @@
+"""Typed errors. Callers branch on a class or a flag, never on message text."""
+
+from __future__ import annotations
+
+
+class FlashsaleError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    retriable = False
+
+
+class SettingsError(FlashsaleError):
+    """A FLASHSALE_* setting is missing or malformed."""
+
+
+class ServiceStartError(FlashsaleError):
+    """An embedded service (Postgres, Redis, broker) did not start."""
+
+
+class UnavailableError(FlashsaleError):
+    """A backing service (Redis, Kafka, Postgres) cannot be reached now."""
+
+    retriable = True
+
+
+class ResourcesClosedError(FlashsaleError):
+    """A resource was used before it was opened or after it was closed."""
+
+
+class FencedError(FlashsaleError):
+    """A consumer's lease epoch is stale: another consumer owns the partition."""
+
+
+class ItemNotFoundError(FlashsaleError):
+    """No item with this id."""
+
+
+class StockBelowSoldError(FlashsaleError):
+    """Stock cannot go below the units already sold."""
+
+
+class StackRunningError(FlashsaleError):
+    """An embedded stack is already running from this state folder."""
+
+
+class StackNotRunningError(FlashsaleError):
+    """No embedded stack runs from this state folder."""

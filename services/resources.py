@@ -1,0 +1,46 @@
+"""The long-lived clients of a process, opened and closed in one place."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.settings import Settings
+from services.stockfilter.client import RedisClient, close_redis, open_redis
+from services.stockfilter.filter import StockFilter
+from services.stockfilter.idempotency import IdempotencyStore
+from services.store.db import open_pool
+from services.store.migrate import migrate
+
+
+@dataclass(frozen=True, slots=True)
+class CoreResources:
+    """Postgres pool and Redis client, shared by the gateway, consumers and CLI."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: RedisClient
+    stock: StockFilter
+    idempotency: IdempotencyStore
+
+
+@contextlib.asynccontextmanager
+async def open_core(settings: Settings, *, run_migrations: bool = False) -> AsyncIterator[CoreResources]:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await open_pool(settings.database_url, settings.db_pool_size)
+        stack.push_async_callback(pool.close)
+        if run_migrations:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        redis = open_redis(settings.redis_url, settings.redis_cluster)
+        stack.push_async_callback(close_redis, redis)
+        yield CoreResources(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            stock=StockFilter(redis, settings.stock_shards),
+            idempotency=IdempotencyStore(redis, settings.idempotency_ttl_s),
+        )

@@ -1,0 +1,59 @@
+"""The purchase message that travels on the Kafka topic, and the purchase id."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import asdict, dataclass
+
+from services.errors import FlashsaleError
+
+PURCHASE_ID_BYTES = 16
+
+
+class MessageError(FlashsaleError):
+    """A message on the topic could not be decoded."""
+
+
+def purchase_id_for(secret: str, user_id: str, idempotency_key: str) -> str:
+    """A keyed hash of (user, key): every retry, after any crash, names the same purchase."""
+    material = f"{len(user_id)}:{user_id}|{idempotency_key}".encode()
+    digest = hmac.new(secret.encode(), material, hashlib.sha256).digest()
+    return "p_" + digest[:PURCHASE_ID_BYTES].hex()
+
+
+def request_fingerprint(item_id: str, quantity: int) -> str:
+    """What a retry with the same key must repeat exactly (422 otherwise)."""
+    return f"{item_id}|{quantity}"
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseMessage:
+    purchase_id: str
+    user_id: str
+    idempotency_key: str
+    item_id: str
+    quantity: int
+    # Which stock shard gave the unit(s), so a rejection returns them to the same place.
+    shard: int
+    admitted_at_ms: int
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PurchaseMessage:
+        try:
+            data = json.loads(raw)
+            return cls(
+                purchase_id=str(data["purchase_id"]),
+                user_id=str(data["user_id"]),
+                idempotency_key=str(data["idempotency_key"]),
+                item_id=str(data["item_id"]),
+                quantity=int(data["quantity"]),
+                shard=int(data["shard"]),
+                admitted_at_ms=int(data["admitted_at_ms"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MessageError(f"undecodable purchase message: {raw[:200]!r}") from exc

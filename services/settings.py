@@ -1,0 +1,149 @@
+"""One frozen settings object, built from FLASHSALE_* environment variables.
+
+Every process (gateway, consumer, CLI) builds it once at its edge with
+`Settings.from_env()` and passes it down. Defaults are constants whose names
+carry their unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.errors import SettingsError
+
+PREFIX = "FLASHSALE_"
+
+TOPIC = "purchases"
+PARTITIONS = 12
+STOCK_SHARDS = 4
+SESSION_TIMEOUT_S = 10.0
+HEARTBEAT_INTERVAL_S = 1.0
+BATCH_MAX_RECORDS = 500
+BATCH_WAIT_MS = 20
+RESULT_WAIT_MAX_S = 30.0
+TOKEN_TTL_S = 24 * 3600
+IDEMPOTENCY_TTL_S = 24 * 3600
+SOLD_OUT_CACHE_S = 0.5
+ITEM_CACHE_S = 1.0
+MAX_BODY_BYTES = 4096
+USER_RATE = "20/second"
+CLIENT_RATE = "2000/second"
+ITEM_RATE = "20000/second"
+DB_POOL_SIZE = 10
+RECONCILE_INTERVAL_S = 2.0
+RESERVATION_STALE_S = 5.0
+GATEWAY_PORT = 8080
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All knobs of every process. Field name `x` reads `FLASHSALE_X`."""
+
+    database_url: str = ""
+    redis_url: str = ""
+    redis_cluster: bool = False
+    kafka_bootstrap: str = ""
+    topic: str = TOPIC
+    partitions: int = PARTITIONS
+    stock_shards: int = STOCK_SHARDS
+    admin_token: str = ""
+    secret: str = ""
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = GATEWAY_PORT
+    session_timeout_s: float = SESSION_TIMEOUT_S
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    batch_max_records: int = BATCH_MAX_RECORDS
+    batch_wait_ms: int = BATCH_WAIT_MS
+    result_wait_max_s: float = RESULT_WAIT_MAX_S
+    token_ttl_s: int = TOKEN_TTL_S
+    idempotency_ttl_s: int = IDEMPOTENCY_TTL_S
+    sold_out_cache_s: float = SOLD_OUT_CACHE_S
+    item_cache_s: float = ITEM_CACHE_S
+    max_body_bytes: int = MAX_BODY_BYTES
+    user_rate: str = USER_RATE
+    client_rate: str = CLIENT_RATE
+    item_rate: str = ITEM_RATE
+    db_pool_size: int = DB_POOL_SIZE
+    reconcile_interval_s: float = RECONCILE_INTERVAL_S
+    reservation_stale_s: float = RESERVATION_STALE_S
+    consumer_group: str = "flashsale-consumers"
+    consumer_name: str = ""
+    state_dir: Path = field(default_factory=lambda: Path(".flashsale"))
+    postgres_fsync: bool = True
+    # Test-only: exit as kill -9 would at this named step (design.md, "Crash points").
+    failpoint: str = ""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            raw = env.get(PREFIX + spec.name.upper())
+            if raw is None:
+                continue
+            values[spec.name] = _convert(spec.name, spec.type, raw)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.partitions < 1:
+            raise SettingsError("FLASHSALE_PARTITIONS must be at least 1")
+        if self.stock_shards < 1:
+            raise SettingsError("FLASHSALE_STOCK_SHARDS must be at least 1")
+        if self.session_timeout_s <= self.heartbeat_interval_s:
+            raise SettingsError("FLASHSALE_SESSION_TIMEOUT_S must exceed the heartbeat interval")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings in a child process."""
+        env: dict[str, str] = {}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[PREFIX + spec.name.upper()] = text
+        return env
+
+    def redacted(self) -> dict[str, str]:
+        """Settings safe to log: secrets replaced by a marker."""
+        shown = {}
+        for key, value in self.as_env().items():
+            secret = key.endswith(("_TOKEN", "_SECRET"))
+            shown[key] = "<redacted>" if secret and value else value
+        return shown
+
+
+def _convert(name: str, kind: object, raw: str) -> Any:
+    try:
+        if kind in ("bool", bool):
+            return _parse_bool(raw)
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return float(raw)
+        if kind in ("Path", Path):
+            return Path(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{PREFIX}{name.upper()}={raw!r}: {exc}") from exc
+    return raw

@@ -1,0 +1,61 @@
+"""Opening the Redis client (one node or a cluster), and converting its errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TypeAlias
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.errors import UnavailableError
+
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+
+POOL_SIZE = 64
+CLUSTER_POOL_SIZE_PER_NODE = 1000
+SOCKET_TIMEOUT_S = 5.0
+POOL_WAIT_S = 5.0
+
+
+def open_redis(url: str, cluster: bool) -> RedisClient:
+    """Build the client; nothing connects until the first command."""
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            max_connections=CLUSTER_POOL_SIZE_PER_NODE,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+        )
+    # redis-py's plain pool raises when exhausted; the blocking one waits.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+async def close_redis(client: RedisClient) -> None:
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+    else:
+        await client.aclose()
+        await client.connection_pool.disconnect()
+
+
+@contextlib.asynccontextmanager
+async def redis_errors() -> AsyncIterator[None]:
+    """Redis down or unreachable becomes UnavailableError: callers fail closed (503)."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise UnavailableError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+    except RedisError as exc:
+        raise UnavailableError(f"redis error: {type(exc).__name__}: {exc}") from exc

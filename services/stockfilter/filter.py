@@ -1,0 +1,116 @@
+"""The sharded stock filter: the fast, fallible gate in front of Kafka and Postgres."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from services.stockfilter.client import RedisClient, redis_errors
+from services.stockfilter.keys import reservations_key, stock_key
+
+RESERVED = 1
+NOT_ENOUGH = 0
+ALREADY_RESERVED = -1
+SHARD_MISSING = -2
+
+
+def _lua(name: str) -> str:
+    return (resources.files("services.stockfilter") / name).read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Where the units came from; shard is None when no shard had enough."""
+
+    shard: int | None
+    # Some shard had no key at all: Redis lost the filter and it must be rebuilt.
+    missing: bool = False
+    empty_shards: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    item_id: str
+    shard: int
+    purchase_id: str
+    quantity: int
+    give_back: bool
+
+
+class StockFilter:
+    def __init__(self, redis: RedisClient, shards: int) -> None:
+        self.redis = redis
+        self.shards = shards
+        self._reserve = redis.register_script(_lua("reserve.lua"))
+        self._settle = redis.register_script(_lua("settle.lua"))
+
+    async def reserve(
+        self,
+        item_id: str,
+        purchase_id: str,
+        quantity: int,
+        record_for: Callable[[int], bytes],
+        skip: Iterable[int] = (),
+        first: int | None = None,
+    ) -> Reservation:
+        """Try shards starting at a random (or given) one, skipping known-empty ones."""
+        skipped = set(skip)
+        start = random.randrange(self.shards) if first is None else first
+        order = [(start + i) % self.shards for i in range(self.shards)]
+        empty: set[int] = set()
+        missing = False
+        for shard in order:
+            if shard in skipped and shard != first:
+                continue
+            keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
+            async with redis_errors():
+                code, _left = await self._reserve(
+                    keys=keys, args=[purchase_id, quantity, record_for(shard)]
+                )
+            if code in (RESERVED, ALREADY_RESERVED):
+                return Reservation(shard, missing, frozenset(empty))
+            if code == SHARD_MISSING:
+                missing = True
+            empty.add(shard)
+        return Reservation(None, missing, frozenset(empty))
+
+    async def settle(self, settlements: Iterable[Settlement]) -> int:
+        """Drop records of final purchases, giving back units of rejected ones."""
+        by_shard: dict[tuple[str, int], list[Any]] = {}
+        for s in settlements:
+            args = by_shard.setdefault((s.item_id, s.shard), [])
+            args += [s.purchase_id, s.quantity, "1" if s.give_back else "0"]
+        returned = 0
+        for (item_id, shard), args in by_shard.items():
+            keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
+            async with redis_errors():
+                returned += int(await self._settle(keys=keys, args=args))
+        return returned
+
+    async def set_remaining(self, item_id: str, remaining_units: int) -> None:
+        """Spread `remaining_units` evenly over the shards (the rebuild of design.md)."""
+        base, extra = divmod(max(remaining_units, 0), self.shards)
+        async with redis_errors():
+            for shard in range(self.shards):
+                units = base + (1 if shard < extra else 0)
+                await self.redis.set(stock_key(item_id, shard), units)
+
+    async def shard_levels(self, item_id: str) -> list[int | None]:
+        levels: list[int | None] = []
+        async with redis_errors():
+            for shard in range(self.shards):
+                raw = await self.redis.get(stock_key(item_id, shard))
+                levels.append(None if raw is None else int(raw))
+        return levels
+
+    async def reservations(self, item_id: str) -> dict[int, dict[str, bytes]]:
+        """Reservation records per shard: purchase id -> message bytes."""
+        found: dict[int, dict[str, bytes]] = {}
+        async with redis_errors():
+            for shard in range(self.shards):
+                raw = await self.redis.hgetall(reservations_key(item_id, shard))  # type: ignore[misc]
+                found[shard] = {key.decode(): value for key, value in raw.items()}
+        return found

@@ -1,0 +1,86 @@
+"""Idempotency records: (user, key) -> the purchase it named, in Redis.
+
+The record is an efficiency: if Redis forgets it, the purchase id (a keyed hash
+of user and key) and Postgres' unique key still make a retry a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, replace
+from importlib import resources
+
+from services.stockfilter.client import RedisClient, redis_errors
+from services.stockfilter.keys import idempotency_key
+
+CLAIMED = "claimed"
+PUBLISHED = "published"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    user_id: str
+    item_id: str
+    quantity: int
+    state: str
+    shard: int
+    ts_ms: int
+    nonce: str
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> IdempotencyRecord:
+        data = json.loads(raw)
+        return cls(**data)
+
+    @property
+    def age_s(self) -> float:
+        return time.time() - self.ts_ms / 1000
+
+    def published(self, shard: int) -> IdempotencyRecord:
+        return replace(self, state=PUBLISHED, shard=shard)
+
+
+def new_claim(user_id: str, item_id: str, quantity: int) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        user_id, item_id, quantity, CLAIMED, -1, int(time.time() * 1000), secrets.token_hex(8)
+    )
+
+
+class IdempotencyStore:
+    def __init__(self, redis: RedisClient, ttl_s: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        folder = resources.files("services.stockfilter")
+        self._claim = redis.register_script((folder / "claim.lua").read_text())
+        self._swap = redis.register_script((folder / "unclaim.lua").read_text())
+
+    async def claim(
+        self, purchase_id: str, record: IdempotencyRecord
+    ) -> IdempotencyRecord | None:
+        """None when `record` is now the claim; else the record already there."""
+        async with redis_errors():
+            won, existing = await self._claim(
+                keys=[idempotency_key(purchase_id)], args=[record.encode(), self.ttl_s]
+            )
+        return None if int(won) == 1 else IdempotencyRecord.decode(existing)
+
+    async def get(self, purchase_id: str) -> IdempotencyRecord | None:
+        async with redis_errors():
+            raw = await self.redis.get(idempotency_key(purchase_id))
+        return None if raw is None else IdempotencyRecord.decode(raw)
+
+    async def swap(
+        self, purchase_id: str, ours: IdempotencyRecord, new: IdempotencyRecord | None
+    ) -> bool:
+        """Replace (or, with None, drop) the record only if it is still `ours`."""
+        async with redis_errors():
+            done = await self._swap(
+                keys=[idempotency_key(purchase_id)],
+                args=[ours.encode(), "" if new is None else new.encode(), self.ttl_s],
+            )
+        return int(done) == 1

@@ -1,0 +1,26 @@
+"""Every Redis key the project writes, in one place.
+
+Shards of one item carry different hash tags ({item:n}) so a hot item spreads
+over Redis Cluster slots; a shard's stock and its reservation records share a
+tag, so one Lua call can touch both.
+"""
+
+from __future__ import annotations
+
+PREFIX = "fs"
+
+
+def stock_key(item_id: str, shard: int) -> str:
+    return f"{PREFIX}:stock:{{{item_id}:{shard}}}"
+
+
+def reservations_key(item_id: str, shard: int) -> str:
+    return f"{PREFIX}:resv:{{{item_id}:{shard}}}"
+
+
+def idempotency_key(purchase_id: str) -> str:
+    return f"{PREFIX}:idem:{{{purchase_id}}}"
+
+
+def limits_prefix() -> str:
+    return f"{PREFIX}:limits"

@@ -1,0 +1,12 @@
+-- Drop or replace the idempotency record only if it is still the one we wrote.
+-- KEYS[1] idempotency record; ARGV[1] the record we wrote, ARGV[2] new record
+-- or '' to delete, ARGV[3] ttl in seconds
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+end
+return 1

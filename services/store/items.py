@@ -1,0 +1,66 @@
+"""Items: create, update and read stock in Postgres."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.errors import ItemNotFoundError, StockBelowSoldError
+from services.store.db import database_errors
+from services.store.queries import query
+
+ITEM_LIST_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    item_id: str
+    stock: int
+    sold: int
+    per_user_limit: int
+
+    @property
+    def remaining(self) -> int:
+        return self.stock - self.sold
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "item_id": self.item_id,
+            "stock": self.stock,
+            "sold": self.sold,
+            "remaining": self.remaining,
+            "per_user_limit": self.per_user_limit,
+        }
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Item:
+        return cls(row["item_id"], row["stock"], row["sold"], row["per_user_limit"])
+
+
+async def upsert_item(
+    pool: asyncpg.Pool, item_id: str, stock: int, per_user_limit: int
+) -> tuple[Item, bool]:
+    """(item, created). StockBelowSoldError when stock would drop below sold."""
+    async with database_errors():
+        row = await pool.fetchrow(query("upsert_item"), item_id, stock, per_user_limit)
+    if row is None:
+        current = await get_item(pool, item_id)
+        raise StockBelowSoldError(
+            f"item {item_id} has sold {current.sold} units; stock cannot be {stock}"
+        )
+    return Item.from_row(row), bool(row["created"])
+
+
+async def get_item(pool: asyncpg.Pool, item_id: str) -> Item:
+    async with database_errors():
+        row = await pool.fetchrow(query("get_item"), item_id)
+    if row is None:
+        raise ItemNotFoundError(f"no item {item_id}")
+    return Item.from_row(row)
+
+
+async def list_items(pool: asyncpg.Pool, limit: int = ITEM_LIST_LIMIT) -> list[Item]:
+    async with database_errors():
+        rows = await pool.fetch(query("list_items"), limit)
+    return [Item.from_row(row) for row in rows]

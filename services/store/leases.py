@@ -1,0 +1,63 @@
+"""Partition leases: epochs that fence zombies, offsets stored beside the orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.store.db import database_errors
+from services.store.queries import query
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    epoch: int
+    next_offset: int
+    log_generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRow:
+    partition: int
+    epoch: int
+    owner: str | None
+    next_offset: int
+    log_generation: int
+
+
+async def ensure_leases(pool: asyncpg.Pool, topic: str, partitions: int) -> None:
+    async with database_errors():
+        await pool.execute(query("ensure_leases"), topic, partitions)
+
+
+async def acquire_lease(pool: asyncpg.Pool, topic: str, partition: int, owner: str) -> LeaseGrant:
+    async with database_errors():
+        row = await pool.fetchrow(query("acquire_lease"), topic, partition, owner)
+        if row is None:
+            await pool.execute(query("ensure_leases"), topic, partition + 1)
+            row = await pool.fetchrow(query("acquire_lease"), topic, partition, owner)
+    assert row is not None
+    return LeaseGrant(row["epoch"], row["next_offset"], row["log_generation"])
+
+
+async def start_log_generation(
+    pool: asyncpg.Pool, topic: str, partition: int, epoch: int, from_offset: int
+) -> LeaseGrant | None:
+    """Record that the broker lost this partition's log; None when we are fenced."""
+    async with database_errors():
+        row = await pool.fetchrow(query("start_log_generation"), topic, partition, epoch,
+                                  from_offset)
+    if row is None:
+        return None
+    return LeaseGrant(row["epoch"], row["next_offset"], row["log_generation"])
+
+
+async def list_leases(pool: asyncpg.Pool, topic: str) -> list[LeaseRow]:
+    async with database_errors():
+        rows = await pool.fetch(query("list_leases"), topic)
+    return [
+        LeaseRow(r["kafka_partition"], r["epoch"], r["owner"], r["next_offset"],
+                 r["log_generation"])
+        for r in rows
+    ]

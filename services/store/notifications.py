@@ -1,0 +1,91 @@
+"""Waking result waiters on Postgres NOTIFY, with one shared listening connection.
+
+Waiters never hold a pooled connection while they wait; if the listener is
+down (Postgres restarting), waiters fall back to a slow re-check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+
+from services.store.db import CONNECTION_ERRORS
+from services.store.purchases import RESULTS_CHANNEL
+
+log = logging.getLogger(__name__)
+
+RECONNECT_S = 1.0
+
+
+class ResultWaiters:
+    def __init__(self) -> None:
+        self._events: dict[str, set[asyncio.Event]] = {}
+
+    def notify(self, purchase_ids: list[str]) -> None:
+        for purchase_id in purchase_ids:
+            for event in self._events.get(purchase_id, ()):
+                event.set()
+
+    @contextlib.contextmanager
+    def watch(self, purchase_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._events.setdefault(purchase_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self._events.get(purchase_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._events[purchase_id]
+
+    @property
+    def watching(self) -> int:
+        return len(self._events)
+
+
+async def _listen_once(url: str, waiters: ResultWaiters, stop: asyncio.Event) -> None:
+    conn = await asyncpg.connect(url, timeout=5)
+    lost = asyncio.Event()
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        waiters.notify(payload.split(","))
+
+    conn.add_termination_listener(lambda _conn: lost.set())
+    try:
+        await conn.add_listener(RESULTS_CHANNEL, on_notify)
+        watchers = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]
+        _done, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+    finally:
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await conn.close(timeout=2)
+
+
+async def listen_forever(url: str, waiters: ResultWaiters, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await _listen_once(url, waiters, stop)
+        except CONNECTION_ERRORS as exc:
+            log.warning("result listener disconnected: %s", exc)
+        if not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=RECONNECT_S)
+
+
+@contextlib.asynccontextmanager
+async def result_listener(url: str) -> AsyncIterator[ResultWaiters]:
+    waiters = ResultWaiters()
+    stop = asyncio.Event()
+    task = asyncio.create_task(listen_forever(url, waiters, stop))
+    try:
+        yield waiters
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,64 @@
+"""Reading purchases' final states from Postgres."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.store.db import database_errors
+from services.store.queries import query
+
+RESULTS_CHANNEL = "flashsale_results"
+# pg_notify payloads must stay under 8000 bytes.
+NOTIFY_PAYLOAD_BYTES = 7000
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseRow:
+    purchase_id: str
+    user_id: str
+    item_id: str
+    quantity: int
+    status: str
+    reason: str | None
+
+
+async def get_purchase(pool: asyncpg.Pool, purchase_id: str) -> PurchaseRow | None:
+    async with database_errors():
+        row = await pool.fetchrow(query("get_purchase"), purchase_id)
+    if row is None:
+        return None
+    return PurchaseRow(
+        row["purchase_id"], row["user_id"], row["item_id"], row["quantity"],
+        row["status"], row["reason"],
+    )
+
+
+async def known_statuses(pool: asyncpg.Pool, purchase_ids: list[str]) -> dict[str, str]:
+    async with database_errors():
+        rows = await pool.fetch(query("known_purchases"), purchase_ids)
+    return {row["purchase_id"]: row["status"] for row in rows}
+
+
+async def item_counts(pool: asyncpg.Pool, item_id: str) -> dict[str, tuple[int, int]]:
+    """status -> (purchases, units) for one item."""
+    async with database_errors():
+        rows = await pool.fetch(query("count_purchases"), item_id)
+    return {row["status"]: (row["purchases"], row["units"]) for row in rows}
+
+
+def notify_payloads(purchase_ids: list[str]) -> list[str]:
+    """Comma-joined purchase ids, split to fit pg_notify's payload limit."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for purchase_id in purchase_ids:
+        if current and size + len(purchase_id) + 1 > NOTIFY_PAYLOAD_BYTES:
+            payloads.append(",".join(current))
+            current, size = [], 0
+        current.append(purchase_id)
+        size += len(purchase_id) + 1
+    if current:
+        payloads.append(",".join(current))
+    return payloads

@@ -1,0 +1,33 @@
+-- name: ensure_leases
+INSERT INTO partition_leases (topic, kafka_partition)
+SELECT $1, p FROM generate_series(0, $2 - 1) AS p
+ON CONFLICT DO NOTHING;
+
+-- name: acquire_lease
+-- Bumping the epoch fences whoever held the partition before.
+UPDATE partition_leases
+SET epoch = epoch + 1, owner = $3, updated_at = now()
+WHERE topic = $1 AND kafka_partition = $2
+RETURNING epoch, next_offset, log_generation;
+
+-- name: lock_lease
+SELECT epoch, next_offset, log_generation
+FROM partition_leases WHERE topic = $1 AND kafka_partition = $2
+FOR UPDATE;
+
+-- name: advance_lease
+UPDATE partition_leases
+SET next_offset = $3, last_purchase_id = $4, updated_at = now()
+WHERE topic = $1 AND kafka_partition = $2;
+
+-- name: start_log_generation
+-- The broker lost its log: read the new log from its start under a new generation.
+UPDATE partition_leases
+SET log_generation = log_generation + 1, next_offset = $4, last_purchase_id = NULL,
+    updated_at = now()
+WHERE topic = $1 AND kafka_partition = $2 AND epoch = $3
+RETURNING epoch, next_offset, log_generation;
+
+-- name: list_leases
+SELECT kafka_partition, epoch, owner, next_offset, log_generation, updated_at
+FROM partition_leases WHERE topic = $1 ORDER BY kafka_partition;

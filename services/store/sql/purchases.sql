@@ -1,0 +1,41 @@
+-- name: get_purchase
+SELECT purchase_id, user_id, item_id, quantity, status, reason
+FROM purchases WHERE purchase_id = $1;
+
+-- name: known_purchases
+SELECT purchase_id, status FROM purchases WHERE purchase_id = ANY($1::text[]);
+
+-- name: confirmed_totals
+-- Units each (user, item) pair already holds, for the per-user limit.
+SELECT p.user_id, p.item_id, sum(p.quantity)::integer AS units
+FROM purchases AS p
+JOIN unnest($1::text[], $2::text[]) AS k(user_id, item_id)
+  ON p.user_id = k.user_id AND p.item_id = k.item_id
+WHERE p.status = 'confirmed'
+GROUP BY p.user_id, p.item_id;
+
+-- name: insert_purchases
+INSERT INTO purchases (
+    purchase_id, user_id, idempotency_key, item_id, quantity, status, reason,
+    kafka_partition, kafka_offset, log_generation, admitted_at
+)
+SELECT t.purchase_id, t.user_id, t.idempotency_key, t.item_id, t.quantity, t.status, t.reason,
+       $10, t.kafka_offset, $11, to_timestamp(t.admitted_ms / 1000.0)
+FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[],
+    $8::bigint[], $9::bigint[]
+) AS t(purchase_id, user_id, idempotency_key, item_id, quantity, status, reason,
+       kafka_offset, admitted_ms)
+ON CONFLICT DO NOTHING;
+
+-- name: count_purchases
+SELECT status, count(*)::bigint AS purchases, coalesce(sum(quantity), 0)::bigint AS units
+FROM purchases WHERE item_id = $1 GROUP BY status;
+
+-- name: confirmations_in_order
+SELECT purchase_id, kafka_partition, kafka_offset, log_generation
+FROM purchases WHERE item_id = $1 AND status = 'confirmed'
+ORDER BY applied_at, kafka_offset;
+
+-- name: notify_results
+SELECT pg_notify($1, $2);

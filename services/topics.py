@@ -1,0 +1,37 @@
+"""Kafka topic admin: the purchases topic exists with the configured partition count."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.errors import UnavailableError
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_MS = 10_000
+
+
+async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
+    """Create the topic when missing; True when it was created now."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS)
+    try:
+        await admin.start()
+        existing = await admin.list_topics()
+        if topic in existing:
+            return False
+        try:
+            await admin.create_topics(
+                [NewTopic(name=topic, num_partitions=partitions, replication_factor=1)]
+            )
+        except TopicAlreadyExistsError:
+            return False
+        log.info("created topic %s with %d partitions", topic, partitions)
+        return True
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        raise UnavailableError(f"kafka unavailable at {bootstrap}: {exc!r}") from exc
+    finally:
+        await admin.close()
