@@ -57,6 +57,7 @@ async def prepare(settings: Settings, core: CoreResources) -> None:
 
 async def reconcile_forever(settings: Settings, core: CoreResources, stop: asyncio.Event) -> None:
     async with open_producer(settings) as producer:
+
         async def publish(message):  # type: ignore[no-untyped-def]
             await producer.publish(message)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.errors import FencedError, UnavailableError
@@ -24,6 +26,7 @@ from services.store.leases import acquire_lease, start_log_generation
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_MAX_S = 2.0
+KafkaRecord: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 def consumer_name(settings: Settings) -> str:
@@ -88,7 +91,10 @@ class PurchaseConsumer:
                 return
             log.warning(
                 "partition %d: log end %d is below stored offset %d; new log generation %d",
-                tp.partition, end, grant.next_offset, regrant.log_generation,
+                tp.partition,
+                end,
+                grant.next_offset,
+                regrant.log_generation,
             )
             start = regrant.next_offset
         self.leases.epochs[tp.partition] = grant.epoch
@@ -109,12 +115,14 @@ class PurchaseConsumer:
                 await _wait(stop, backoff_s)
                 backoff_s = min(backoff_s * 2, RETRY_BACKOFF_MAX_S)
 
-    async def handle(self, tp: TopicPartition, messages: list[object]) -> None:
+    async def handle(
+        self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
         epoch = self.leases.epochs.get(tp.partition)
         if epoch is None or not messages:
             return
         records = _decode(messages)
-        first_offset = int(getattr(messages[0], "offset"))
+        first_offset = int(messages[0].offset)
         failpoint(self.settings.failpoint, "consumer.before_apply")
         try:
             async with self.core.pool.acquire() as conn:
@@ -155,19 +163,17 @@ class PurchaseConsumer:
             log.debug("kafka offset commit failed: %s", exc)
 
 
-def _decode(messages: list[object]) -> list[Record]:
+def _decode(messages: list[KafkaRecord]) -> list[Record]:
     records = []
     for message in messages:
-        offset = int(getattr(message, "offset"))
+        offset = int(message.offset)
         try:
-            records.append(Record(offset, PurchaseMessage.decode(getattr(message, "value"))))
+            records.append(Record(offset, PurchaseMessage.decode(message.value)))
         except MessageError as exc:
             log.error("skipping offset %d: %s", offset, exc)
     return records
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass

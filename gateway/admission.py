@@ -53,15 +53,20 @@ class Admission:
         self.metrics = metrics
         self.settings = core.settings
 
+    async def replay_or_sold_out(
+        self, user_id: str, key: str, item_id: str, quantity: int
+    ) -> Admitted:
+        """For an item cached as sold out: one Redis read, so that a retry of a
+        purchase admitted before the sell-out still gets its purchase id."""
+        purchase_id = purchase_id_for(self.settings.secret, user_id, key)
+        earlier = await self.core.idempotency.get(purchase_id)
+        if earlier is None:
+            self.metrics.sold_out.labels("true").inc()
+            raise SoldOut(item_id)
+        return self._replay(purchase_id, earlier, item_id, quantity)
+
     async def admit(self, user_id: str, key: str, item_id: str, quantity: int) -> Admitted:
         purchase_id = purchase_id_for(self.settings.secret, user_id, key)
-        if self.hints.is_sold_out(item_id):
-            # A retry of a purchase admitted before the sell-out still gets its id.
-            earlier = await self.core.idempotency.get(purchase_id)
-            if earlier is None:
-                self.metrics.sold_out.labels("true").inc()
-                raise SoldOut(item_id)
-            return self._replay(purchase_id, earlier, item_id, quantity)
         claim = new_claim(user_id, item_id, quantity)
         deadline = time.monotonic() + TWIN_WAIT_S
         while True:
@@ -75,8 +80,12 @@ class Admission:
                 claim = earlier  # its admitter died mid-way: finish the admission for it
                 break
             if time.monotonic() > deadline:
-                raise ApiError(409, "in_progress", "the same request is still being admitted",
-                               {"Retry-After": "1"})
+                raise ApiError(
+                    409,
+                    "in_progress",
+                    "the same request is still being admitted",
+                    {"Retry-After": "1"},
+                )
             await asyncio.sleep(TWIN_POLL_S)
         failpoint(self.settings.failpoint, "gateway.after_claim")
         return await self._reserve_and_publish(purchase_id, claim, user_id, key)
@@ -91,8 +100,11 @@ class Admission:
     @staticmethod
     def _check_same_request(earlier: IdempotencyRecord, item_id: str, quantity: int) -> None:
         if (earlier.item_id, earlier.quantity) != (item_id, quantity):
-            raise ApiError(422, "idempotency_key_reused",
-                           "this Idempotency-Key was used with a different request body")
+            raise ApiError(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request body",
+            )
 
     async def _reserve_and_publish(
         self, purchase_id: str, claim: IdempotencyRecord, user_id: str, key: str
@@ -101,11 +113,15 @@ class Admission:
         admitted_at_ms = int(time.time() * 1000)
 
         def message_for(shard: int) -> PurchaseMessage:
-            return PurchaseMessage(purchase_id, user_id, key, item_id, quantity, shard,
-                                   admitted_at_ms)
+            return PurchaseMessage(
+                purchase_id, user_id, key, item_id, quantity, shard, admitted_at_ms
+            )
 
         reservation = await self.core.stock.reserve(
-            item_id, purchase_id, quantity, lambda shard: message_for(shard).encode(),
+            item_id,
+            purchase_id,
+            quantity,
+            lambda shard: message_for(shard).encode(),
             skip=self.hints.empty_shards(item_id),
             first=claim.shard if claim.shard >= 0 else None,
         )
@@ -132,9 +148,13 @@ class Admission:
         except UnavailableError:
             # Nothing stays reserved: give the units back and forget the claim.
             self.metrics.produce_errors.inc()
-            await self.core.stock.settle([Settlement(
-                message.item_id, message.shard, message.purchase_id, message.quantity, True
-            )])
+            await self.core.stock.settle(
+                [
+                    Settlement(
+                        message.item_id, message.shard, message.purchase_id, message.quantity, True
+                    )
+                ]
+            )
             await self.core.idempotency.swap(message.purchase_id, claim, None)
             raise
         self.metrics.produce_latency.observe(time.perf_counter() - started)

@@ -40,8 +40,13 @@ def create_app(settings: Settings) -> web.Application:
             waiters = await stack.enter_async_context(result_listener(settings.database_url))
             hints = ItemHints(settings.item_cache_s, settings.sold_out_cache_s)
             app[GATEWAY] = Gateway(
-                settings=settings, core=core, producer=producer, limits=limits, hints=hints,
-                metrics=metrics, waiters=waiters,
+                settings=settings,
+                core=core,
+                producer=producer,
+                limits=limits,
+                hints=hints,
+                metrics=metrics,
+                waiters=waiters,
                 admission=Admission(core, producer, hints, metrics),
             )
             yield

@@ -15,12 +15,17 @@ BEARER = "Bearer "
 def _bearer(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     if not header:
-        raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>",
-                       {"WWW-Authenticate": "Bearer"})
-    if not header.startswith(BEARER) or not header[len(BEARER):].strip():
-        raise ApiError(401, "unauthorized", "malformed Authorization header",
-                       {"WWW-Authenticate": "Bearer"})
-    return header[len(BEARER):].strip()
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <token>",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not header.startswith(BEARER) or not header[len(BEARER) :].strip():
+        raise ApiError(
+            401, "unauthorized", "malformed Authorization header", {"WWW-Authenticate": "Bearer"}
+        )
+    return header[len(BEARER) :].strip()
 
 
 def require_user(request: web.Request, secret: str) -> str:
@@ -39,6 +44,7 @@ def require_admin(request: web.Request, admin_token: str, secret: str) -> None:
     try:
         verify_token(secret, token)
     except TokenError as exc:
-        raise ApiError(401, "invalid_token", "not a valid admin token",
-                       {"WWW-Authenticate": "Bearer"}) from exc
+        raise ApiError(
+            401, "invalid_token", "not a valid admin token", {"WWW-Authenticate": "Bearer"}
+        ) from exc
     raise ApiError(403, "forbidden", "this route needs the admin token")

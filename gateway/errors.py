@@ -85,7 +85,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except UnavailableError as exc:
         log.warning("%s %s: %s", request.method, request.path, exc)
         return error_response(
-            503, "unavailable", "a backing service is unavailable; retry shortly",
+            503,
+            "unavailable",
+            "a backing service is unavailable; retry shortly",
             {"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
         )
     except Exception:

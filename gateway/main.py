@@ -36,5 +36,11 @@ def main() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     sock = listening_socket(settings.gateway_host, settings.gateway_port)
     log.info("gateway listening on http://%s:%d", settings.gateway_host, settings.gateway_port)
-    web.run_app(create_app(settings), sock=sock, access_log=None, print=None,
-                handle_signals=True, shutdown_timeout=5)
+    web.run_app(
+        create_app(settings),
+        sock=sock,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+        shutdown_timeout=5,
+    )

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -20,27 +21,48 @@ class GatewayMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter("flashsale_http_requests", "HTTP requests by route and status",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("flashsale_http_request_seconds", "HTTP latency by route",
-                                 ["route", "method"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.requests = Counter(
+            "flashsale_http_requests",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "flashsale_http_request_seconds",
+            "HTTP latency by route",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.admitted = Counter("flashsale_admitted", "purchases admitted (202)", registry=r)
-        self.replayed = Counter("flashsale_idempotent_replays",
-                                "requests answered from an earlier admission", registry=r)
-        self.sold_out = Counter("flashsale_sold_out", "sold-out answers (409)", ["cached"],
-                                registry=r)
-        self.rate_limited = Counter("flashsale_rate_limited", "rate-limited answers (429)",
-                                    ["limit"], registry=r)
-        self.produce_errors = Counter("flashsale_produce_errors",
-                                      "Kafka produce failures (reservation given back)", registry=r)
-        self.produce_latency = Histogram("flashsale_produce_seconds", "Kafka produce latency",
-                                         buckets=LATENCY_BUCKETS_S, registry=r)
+        self.replayed = Counter(
+            "flashsale_idempotent_replays",
+            "requests answered from an earlier admission",
+            registry=r,
+        )
+        self.sold_out = Counter(
+            "flashsale_sold_out", "sold-out answers (409)", ["cached"], registry=r
+        )
+        self.rate_limited = Counter(
+            "flashsale_rate_limited", "rate-limited answers (429)", ["limit"], registry=r
+        )
+        self.produce_errors = Counter(
+            "flashsale_produce_errors",
+            "Kafka produce failures (reservation given back)",
+            registry=r,
+        )
+        self.produce_latency = Histogram(
+            "flashsale_produce_seconds",
+            "Kafka produce latency",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-def metrics_middleware(metrics: GatewayMetrics) -> web.Middleware:
+def metrics_middleware(metrics: GatewayMetrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()

@@ -10,99 +10,192 @@ from gateway.validation import IDEMPOTENCY_KEY_MAX_CHARS, MAX_INT, WAIT_MAX_S
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    text = {400: "bad request", 401: "missing, malformed, forged or expired token",
-            403: "not allowed for this token", 404: "not found", 409: "conflict",
-            413: "body too large", 415: "body is not application/json",
-            422: "invalid body", 429: "rate limited", 503: "a backing service is unavailable"}
+    text = {
+        400: "bad request",
+        401: "missing, malformed, forged or expired token",
+        403: "not allowed for this token",
+        404: "not found",
+        409: "conflict",
+        413: "body too large",
+        415: "body is not application/json",
+        422: "invalid body",
+        429: "rate limited",
+        503: "a backing service is unavailable",
+    }
     return {str(status): _error(text[status]) for status in statuses}
 
 
-ITEM_ID = {"name": "item_id", "in": "path", "required": True,
-           "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}}
+ITEM_ID = {
+    "name": "item_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+}
 JSON_BODY = "application/json"
 
 SCHEMAS: dict[str, Any] = {
-    "Error": {"type": "object", "required": ["error", "detail"],
-              "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}},
-    "ItemSpec": {"type": "object", "required": ["stock"], "additionalProperties": False,
-                 "properties": {
-                     "stock": {"type": "integer", "minimum": 0, "maximum": MAX_INT},
-                     "per_user_limit": {"type": "integer", "minimum": 1, "maximum": MAX_INT}}},
-    "Item": {"type": "object",
-             "required": ["item_id", "stock", "sold", "remaining", "per_user_limit"],
-             "properties": {"item_id": {"type": "string"}, "stock": {"type": "integer"},
-                            "sold": {"type": "integer"}, "remaining": {"type": "integer"},
-                            "per_user_limit": {"type": "integer"}}},
-    "PurchaseRequest": {"type": "object", "required": ["item_id"], "additionalProperties": False,
-                        "properties": {
-                            "item_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-                            "quantity": {"type": "integer", "minimum": 1, "maximum": MAX_INT}}},
-    "Accepted": {"type": "object", "required": ["purchase_id", "status"],
-                 "properties": {"purchase_id": {"type": "string"},
-                                "status": {"type": "string", "enum": ["pending"]}}},
-    "Purchase": {"type": "object",
-                 "required": ["purchase_id", "item_id", "quantity", "status", "reason"],
-                 "properties": {
-                     "purchase_id": {"type": "string"}, "item_id": {"type": "string"},
-                     "quantity": {"type": "integer"},
-                     "status": {"type": "string", "enum": ["pending", "confirmed", "rejected"]},
-                     "reason": {"type": ["string", "null"]}}},
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    },
+    "ItemSpec": {
+        "type": "object",
+        "required": ["stock"],
+        "additionalProperties": False,
+        "properties": {
+            "stock": {"type": "integer", "minimum": 0, "maximum": MAX_INT},
+            "per_user_limit": {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+        },
+    },
+    "Item": {
+        "type": "object",
+        "required": ["item_id", "stock", "sold", "remaining", "per_user_limit"],
+        "properties": {
+            "item_id": {"type": "string"},
+            "stock": {"type": "integer"},
+            "sold": {"type": "integer"},
+            "remaining": {"type": "integer"},
+            "per_user_limit": {"type": "integer"},
+        },
+    },
+    "PurchaseRequest": {
+        "type": "object",
+        "required": ["item_id"],
+        "additionalProperties": False,
+        "properties": {
+            "item_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+            "quantity": {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+        },
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["purchase_id", "status"],
+        "properties": {
+            "purchase_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending"]},
+        },
+    },
+    "Purchase": {
+        "type": "object",
+        "required": ["purchase_id", "item_id", "quantity", "status", "reason"],
+        "properties": {
+            "purchase_id": {"type": "string"},
+            "item_id": {"type": "string"},
+            "quantity": {"type": "integer"},
+            "status": {"type": "string", "enum": ["pending", "confirmed", "rejected"]},
+            "reason": {"type": ["string", "null"]},
+        },
+    },
 }
 
 
 def _json(schema: str, description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {JSON_BODY: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+    return {
+        "description": description,
+        "content": {JSON_BODY: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
 
 
 PATHS: dict[str, Any] = {
     "/v1/items/{item_id}": {
-        "put": {"summary": "Create or update an item (admin)", "security": [{"admin": []}],
-                "parameters": [ITEM_ID],
-                "requestBody": {"required": True, "content": {
-                    JSON_BODY: {"schema": {"$ref": "#/components/schemas/ItemSpec"}}}},
-                "responses": {"200": _json("Item", "updated"), "201": _json("Item", "created"),
-                              **_errors(400, 401, 403, 409, 413, 415, 422, 503)}},
-        "get": {"summary": "Stock, sold and remaining, from Postgres", "parameters": [ITEM_ID],
-                "responses": {"200": _json("Item", "the item"), **_errors(400, 404, 503)}},
+        "put": {
+            "summary": "Create or update an item (admin)",
+            "security": [{"admin": []}],
+            "parameters": [ITEM_ID],
+            "requestBody": {
+                "required": True,
+                "content": {JSON_BODY: {"schema": {"$ref": "#/components/schemas/ItemSpec"}}},
+            },
+            "responses": {
+                "200": _json("Item", "updated"),
+                "201": _json("Item", "created"),
+                **_errors(400, 401, 403, 409, 413, 415, 422, 503),
+            },
+        },
+        "get": {
+            "summary": "Stock, sold and remaining, from Postgres",
+            "parameters": [ITEM_ID],
+            "responses": {"200": _json("Item", "the item"), **_errors(400, 404, 503)},
+        },
     },
     "/v1/purchases": {
-        "post": {"summary": "Ask to buy; answered 202 with a purchase id to poll",
-                 "security": [{"user": []}],
-                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": True,
-                                 "schema": {"type": "string", "minLength": 1,
-                                            "maxLength": IDEMPOTENCY_KEY_MAX_CHARS}}],
-                 "requestBody": {"required": True, "content": {
-                     JSON_BODY: {"schema": {"$ref": "#/components/schemas/PurchaseRequest"}}}},
-                 "responses": {"202": {**_json("Accepted", "admitted"), "headers": {
-                                   "Location": {"schema": {"type": "string"}}}},
-                               **_errors(400, 401, 404, 409, 413, 415, 422, 429, 503)}},
+        "post": {
+            "summary": "Ask to buy; answered 202 with a purchase id to poll",
+            "security": [{"user": []}],
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": True,
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": IDEMPOTENCY_KEY_MAX_CHARS,
+                    },
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON_BODY: {"schema": {"$ref": "#/components/schemas/PurchaseRequest"}}
+                },
+            },
+            "responses": {
+                "202": {
+                    **_json("Accepted", "admitted"),
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                },
+                **_errors(400, 401, 404, 409, 413, 415, 422, 429, 503),
+            },
+        },
     },
     "/v1/purchases/{purchase_id}": {
-        "get": {"summary": "A purchase's state; wait holds the answer until it is final",
-                "security": [{"user": []}],
-                "parameters": [
-                    {"name": "purchase_id", "in": "path", "required": True,
-                     "schema": {"type": "string"}},
-                    {"name": "wait", "in": "query", "required": False,
-                     "schema": {"type": "number", "minimum": 0, "maximum": WAIT_MAX_S}}],
-                "responses": {"200": _json("Purchase", "the purchase"),
-                              **_errors(400, 401, 404, 503)}},
+        "get": {
+            "summary": "A purchase's state; wait holds the answer until it is final",
+            "security": [{"user": []}],
+            "parameters": [
+                {
+                    "name": "purchase_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "number", "minimum": 0, "maximum": WAIT_MAX_S},
+                },
+            ],
+            "responses": {"200": _json("Purchase", "the purchase"), **_errors(400, 401, 404, 503)},
+        },
     },
     "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-    "/readyz": {"get": {"summary": "Readiness: Redis, Kafka and Postgres answer",
-                        "responses": {"200": {"description": "ready"},
-                                      "503": {"description": "not ready"}}}},
-    "/metrics": {"get": {"summary": "Prometheus metrics",
-                         "responses": {"200": {"description": "text exposition format",
-                                               "content": {"text/plain": {}}}}}},
-    "/openapi.json": {"get": {"summary": "This document",
-                              "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: Redis, Kafka and Postgres answer",
+            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {"description": "text exposition format", "content": {"text/plain": {}}}
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+    },
 }
 
 
@@ -115,8 +208,11 @@ def openapi_document() -> dict[str, Any]:
             "schemas": SCHEMAS,
             "securitySchemes": {
                 "admin": {"type": "http", "scheme": "bearer", "description": "admin token"},
-                "user": {"type": "http", "scheme": "bearer",
-                         "description": "user id signed with HMAC-SHA256 (flashsale token)"},
+                "user": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "user id signed with HMAC-SHA256 (flashsale token)",
+                },
             },
         },
     }

@@ -42,11 +42,16 @@ class RateLimits:
         except StorageError as exc:
             raise UnavailableError(f"rate limiter storage: {exc}") from exc
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        raise ApiError(429, "rate_limited", f"too many requests ({kind} limit {item})",
-                       {"Retry-After": str(retry_after), "X-RateLimit-Scope": kind})
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests ({kind} limit {item})",
+            {"Retry-After": str(retry_after), "X-RateLimit-Scope": kind},
+        )
 
     async def close(self) -> None:
-        client = self.storage.bridge.storage
+        # limits keeps its redis-py client on the bridge; it offers no close of its own.
+        client = getattr(self.storage.bridge, "storage", None)
         if client is not None:
             await client.aclose()
 
@@ -57,14 +62,21 @@ def open_rate_limits(settings: Settings) -> RateLimits:
     if settings.redis_cluster:
         storage = RedisClusterStorage(
             uri.replace("async+redis://", "async+redis+cluster://", 1),
-            wrap_exceptions=True, implementation="redispy", key_prefix=limits_prefix(),
+            wrap_exceptions=True,
+            implementation="redispy",
+            key_prefix=limits_prefix(),
         )
     else:
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S
         )
-        storage = RedisStorage(uri, wrap_exceptions=True, implementation="redispy",
-                               key_prefix=limits_prefix(), connection_pool=pool)
+        storage = RedisStorage(
+            uri,
+            wrap_exceptions=True,
+            implementation="redispy",
+            key_prefix=limits_prefix(),
+            connection_pool=pool,  # type: ignore[arg-type]
+        )
     return RateLimits(
         limiter=SlidingWindowCounterRateLimiter(storage),
         storage=storage,

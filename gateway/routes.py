@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from aiohttp import web
@@ -69,14 +70,23 @@ async def post_purchase(request: web.Request) -> web.Response:
     user_id = require_user(request, gw.settings.secret)
     key = idempotency_key(request)
     order = parse_purchase(await read_json_object(request, gw.settings.max_body_bytes))
-    await gw.limits.check(USER, user_id)
-    await gw.limits.check(CLIENT, request.remote or "unknown")
     item = await item_for_admission(gw, order.item_id)
     if order.quantity > item.per_user_limit:
-        raise ApiError(422, "quantity_above_limit",
-                       f"quantity may be at most {item.per_user_limit} for {item.item_id}")
-    await gw.limits.check(ITEM, order.item_id)
-    admitted = await gw.admission.admit(user_id, key, order.item_id, order.quantity)
+        raise ApiError(
+            422,
+            "quantity_above_limit",
+            f"quantity may be at most {item.per_user_limit} for {item.item_id}",
+        )
+    if gw.hints.is_sold_out(order.item_id):
+        # The cheapest answer first: no rate-limit and no stock calls for a sold-out item.
+        admitted = await gw.admission.replay_or_sold_out(
+            user_id, key, order.item_id, order.quantity
+        )
+    else:
+        await gw.limits.check(USER, user_id)
+        await gw.limits.check(CLIENT, request.remote or "unknown")
+        await gw.limits.check(ITEM, order.item_id)
+        admitted = await gw.admission.admit(user_id, key, order.item_id, order.quantity)
     location = f"/v1/purchases/{admitted.purchase_id}"
     return web.json_response(
         {"purchase_id": admitted.purchase_id, "status": PENDING},
@@ -86,8 +96,13 @@ async def post_purchase(request: web.Request) -> web.Response:
 
 
 def _purchase_json(row: PurchaseRow) -> dict[str, object]:
-    return {"purchase_id": row.purchase_id, "item_id": row.item_id, "quantity": row.quantity,
-            "status": row.status, "reason": row.reason}
+    return {
+        "purchase_id": row.purchase_id,
+        "item_id": row.item_id,
+        "quantity": row.quantity,
+        "status": row.status,
+        "reason": row.reason,
+    }
 
 
 async def _lookup(gw: Gateway, purchase_id: str, user_id: str) -> dict[str, object] | None:
@@ -98,8 +113,13 @@ async def _lookup(gw: Gateway, purchase_id: str, user_id: str) -> dict[str, obje
     pending = await gw.core.idempotency.get(purchase_id)
     if pending is None or pending.user_id != user_id:
         return None
-    return {"purchase_id": purchase_id, "item_id": pending.item_id,
-            "quantity": pending.quantity, "status": PENDING, "reason": None}
+    return {
+        "purchase_id": purchase_id,
+        "item_id": pending.item_id,
+        "quantity": pending.quantity,
+        "status": PENDING,
+        "reason": None,
+    }
 
 
 async def get_purchase_handler(request: web.Request) -> web.Response:
@@ -117,10 +137,8 @@ async def get_purchase_handler(request: web.Request) -> web.Response:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), timeout=min(left, WAIT_RECHECK_S))
-            except TimeoutError:
-                pass
             woken.clear()
             found = await _lookup(gw, purchase_id, user_id)
     if found is None:
@@ -136,8 +154,10 @@ async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     checks = await gw.readiness()
     ready = all(checks.values())
-    body = {"status": "ready" if ready else "not_ready",
-            "checks": {name: "ok" if ok else "down" for name, ok in checks.items()}}
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "checks": {name: "ok" if ok else "down" for name, ok in checks.items()},
+    }
     if not ready:
         body["error"] = "unavailable"
         body["detail"] = "not ready: " + ", ".join(n for n, ok in checks.items() if not ok)
@@ -146,8 +166,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    return web.Response(body=gw.metrics.render(),
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(
+        body=gw.metrics.render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -110,7 +110,8 @@ def idempotency_key(request: web.Request) -> str:
     printable = all(33 <= ord(ch) <= 126 or ch == " " for ch in key)
     if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_CHARS or not printable or key.strip() != key:
         raise ApiError(
-            400, "invalid_idempotency_key",
+            400,
+            "invalid_idempotency_key",
             f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters",
         )
     return key

@@ -6,10 +6,12 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import click
+from click.decorators import FC
 from rich.console import Console
 
 from infra import status as status_view
@@ -23,10 +25,14 @@ console = Console(stderr=True)
 DEFAULT_CONSUMERS = 2
 
 
-def _state_dir_option() -> click.Option:
+def _state_dir_option() -> Callable[[FC], FC]:
     return click.option(
-        "--state-dir", type=click.Path(path_type=Path), default=Path(".flashsale"),
-        envvar="FLASHSALE_STATE_DIR", show_envvar=True, show_default=True,
+        "--state-dir",
+        type=click.Path(path_type=Path),
+        default=Path(".flashsale"),
+        envvar="FLASHSALE_STATE_DIR",
+        show_envvar=True,
+        show_default=True,
         help="Folder for the embedded stack's data, logs and stack.json.",
     )
 
@@ -64,20 +70,41 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--consumers", type=click.IntRange(0, 64), default=DEFAULT_CONSUMERS,
-              envvar="FLASHSALE_CONSUMERS", show_envvar=True, show_default=True,
-              help="Consumer processes to start (useful up to the partition count).")
-@click.option("--redis-cluster", is_flag=True, envvar="FLASHSALE_REDIS_CLUSTER",
-              show_envvar=True, help="Run a 3-master Redis Cluster instead of one node.")
-@click.option("--detach", is_flag=True, help="Return once everything is ready; stop it with `flashsale down`.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, envvar="FLASHSALE_GATEWAY_PORT",
-              show_envvar=True, show_default=True, help="Gateway port (0 or busy: a free one).")
+@click.option(
+    "--consumers",
+    type=click.IntRange(0, 64),
+    default=DEFAULT_CONSUMERS,
+    envvar="FLASHSALE_CONSUMERS",
+    show_envvar=True,
+    show_default=True,
+    help="Consumer processes to start (useful up to the partition count).",
+)
+@click.option(
+    "--redis-cluster",
+    is_flag=True,
+    envvar="FLASHSALE_REDIS_CLUSTER",
+    show_envvar=True,
+    help="Run a 3-master Redis Cluster instead of one node.",
+)
+@click.option(
+    "--detach", is_flag=True, help="Return once everything is ready; stop it with `flashsale down`."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    envvar="FLASHSALE_GATEWAY_PORT",
+    show_envvar=True,
+    show_default=True,
+    help="Gateway port (0 or busy: a free one).",
+)
 @_state_dir_option()
 def up(consumers: int, redis_cluster: bool, detach: bool, port: int, state_dir: Path) -> None:
     """Start the embedded stack (Postgres, Redis, broker), the gateway and N consumers."""
     _refuse_second_stack(state_dir)
-    settings = Settings.from_env(gateway_port=port, state_dir=state_dir,
-                                 redis_cluster=redis_cluster)
+    settings = Settings.from_env(
+        gateway_port=port, state_dir=state_dir, redis_cluster=redis_cluster
+    )
     stack = EmbeddedStack(state_dir, settings, redis_cluster=redis_cluster)
     interrupted = _StopFlag()
     try:
@@ -177,8 +204,14 @@ def down(state_dir: Path) -> None:
 
 @main.command()
 @click.argument("user_id")
-@click.option("--ttl", type=click.IntRange(1), default=None, envvar="FLASHSALE_TOKEN_TTL_S",
-              show_envvar=True, help="Seconds the token stays valid (default: 24 h).")
+@click.option(
+    "--ttl",
+    type=click.IntRange(1),
+    default=None,
+    envvar="FLASHSALE_TOKEN_TTL_S",
+    show_envvar=True,
+    help="Seconds the token stays valid (default: 24 h).",
+)
 @_state_dir_option()
 def token(user_id: str, ttl: int | None, state_dir: Path) -> None:
     """Print a user token for USER_ID, signed with the gateway's secret."""
@@ -211,12 +244,32 @@ def scale(count: int, state_dir: Path) -> None:
 
 
 @main.command()
-@click.option("--buyers", type=click.IntRange(1, 100_000), default=3000, show_default=True,
-              envvar="FLASHSALE_DEMO_BUYERS", show_envvar=True, help="Concurrent buyers.")
-@click.option("--stock", type=click.IntRange(1, 1_000_000), default=100, show_default=True,
-              envvar="FLASHSALE_DEMO_STOCK", show_envvar=True, help="Units on sale.")
-@click.option("--consumers", "consumer_count", type=click.IntRange(1, 64), default=2,
-              show_default=True, help="Consumer processes.")
+@click.option(
+    "--buyers",
+    type=click.IntRange(1, 100_000),
+    default=3000,
+    show_default=True,
+    envvar="FLASHSALE_DEMO_BUYERS",
+    show_envvar=True,
+    help="Concurrent buyers.",
+)
+@click.option(
+    "--stock",
+    type=click.IntRange(1, 1_000_000),
+    default=100,
+    show_default=True,
+    envvar="FLASHSALE_DEMO_STOCK",
+    show_envvar=True,
+    help="Units on sale.",
+)
+@click.option(
+    "--consumers",
+    "consumer_count",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Consumer processes.",
+)
 def demo(buyers: int, stock: int, consumer_count: int) -> None:
     """Run a flash sale end to end on a fresh embedded stack, then check the invariants."""
     from infra.demo import run_demo  # noqa: PLC0415

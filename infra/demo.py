@@ -24,16 +24,20 @@ def run_demo(buyers: int, stock: int, consumers: int, console: Console) -> bool:
     stack = EmbeddedStack(root, Settings.from_env(gateway_port=0, postgres_fsync=False))
     try:
         with console.status("starting the embedded stack") as spinner:
-            stack.start_services(lambda msg: spinner.update(msg))
-            stack.start_processes(consumers, lambda msg: spinner.update(msg))
+            stack.start_services(spinner.update)
+            stack.start_processes(consumers, spinner.update)
         settings = stack.settings
-        console.print(f"[green]stack ready[/green]: gateway http://127.0.0.1:{settings.gateway_port}, "
-                      f"{consumers} consumers, {settings.partitions} partitions")
-        target = SaleTarget(f"http://127.0.0.1:{settings.gateway_port}", settings.admin_token,
-                            settings.secret)
+        console.print(
+            f"[green]stack ready[/green]: gateway http://127.0.0.1:{settings.gateway_port}, "
+            f"{consumers} consumers, {settings.partitions} partitions"
+        )
+        target = SaleTarget(
+            f"http://127.0.0.1:{settings.gateway_port}", settings.admin_token, settings.secret
+        )
         outcome = _sale_with_progress(console, target, buyers, stock)
-        report = asyncio.run(check_invariants(settings.database_url, [DEMO_ITEM],
-                                              outcome.accepted, clean_run=True))
+        report = asyncio.run(
+            check_invariants(settings.database_url, [DEMO_ITEM], outcome.accepted, clean_run=True)
+        )
         _print_results(console, outcome, report, stock)
         return report.ok and outcome.final.get("confirmed", 0) == min(stock, buyers)
     finally:
@@ -43,23 +47,32 @@ def run_demo(buyers: int, stock: int, consumers: int, console: Console) -> bool:
         console.print("[dim]stack stopped; nothing left running[/dim]")
 
 
-def _sale_with_progress(console: Console, target: SaleTarget, buyers: int, stock: int) -> SaleOutcome:
+def _sale_with_progress(
+    console: Console, target: SaleTarget, buyers: int, stock: int
+) -> SaleOutcome:
     async def sale() -> SaleOutcome:
         import aiohttp  # noqa: PLC0415
 
         async with aiohttp.ClientSession() as session:
             await create_item(session, target, DEMO_ITEM, stock)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console) as progress:
             task = progress.add_task(f"{buyers} buyers, {stock} units", total=buyers)
-            return await run_sale(target, DEMO_ITEM, buyers,
-                                  on_answer=lambda: progress.advance(task))
+            return await run_sale(
+                target, DEMO_ITEM, buyers, on_answer=lambda: progress.advance(task)
+            )
 
     return asyncio.run(sale())
 
 
-def _print_results(console: Console, outcome: SaleOutcome, report: InvariantReport, stock: int) -> None:
+def _print_results(
+    console: Console, outcome: SaleOutcome, report: InvariantReport, stock: int
+) -> None:
     table = Table(title="flash sale", show_header=False)
     table.add_row("requests", str(outcome.requests))
     for status, count in sorted(outcome.statuses.items()):
@@ -69,15 +82,21 @@ def _print_results(console: Console, outcome: SaleOutcome, report: InvariantRepo
     table.add_row("stock", str(stock))
     sellout = "-" if outcome.sellout_s is None else f"{outcome.sellout_s:.2f} s"
     table.add_row("time to sell out", sellout)
-    table.add_row("p50 / p99 latency", f"{outcome.percentile_ms(0.5):.1f} / "
-                  f"{outcome.percentile_ms(0.99):.1f} ms")
+    table.add_row(
+        "p50 / p99 latency",
+        f"{outcome.percentile_ms(0.5):.1f} / {outcome.percentile_ms(0.99):.1f} ms",
+    )
     table.add_row("answered per second", f"{outcome.requests / max(outcome.elapsed_s, 1e-9):.0f}")
     console.print(table)
     for tally in report.items:
-        console.print(f"{tally.item_id}: stock {tally.stock}, sold {tally.sold}, "
-                      f"confirmed {tally.confirmed_units}, rejected {tally.rejected}")
+        console.print(
+            f"{tally.item_id}: stock {tally.stock}, sold {tally.sold}, "
+            f"confirmed {tally.confirmed_units}, rejected {tally.rejected}"
+        )
     if report.ok:
-        console.print("[bold green]invariants hold[/bold green]: no oversell, sold == confirmed, "
-                      "every accepted purchase final, first come first served")
+        console.print(
+            "[bold green]invariants hold[/bold green]: no oversell, sold == confirmed, "
+            "every accepted purchase final, first come first served"
+        )
     for violation in report.violations:
         console.print(f"[bold red]VIOLATION[/bold red] {violation}")

@@ -20,7 +20,8 @@ def scale_consumers(state_dir: Path, count: int, progress: Callable[[str], None]
     stack = StackFile.load(state_dir)
     settings = settings_for(stack).replace(state_dir=state_dir)
     running = [
-        (name, pid) for name, pid in zip(stack.consumer_names, stack.pids.consumers, strict=True)
+        (name, pid)
+        for name, pid in zip(stack.consumer_names, stack.pids.consumers, strict=True)
         if pid_alive(pid)
     ]
     while len(running) > count:

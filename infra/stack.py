@@ -46,9 +46,12 @@ class EmbeddedStack:
     consumer_pids: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.state_dir = self.state_dir.resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o755)
-        self.postgres = EmbeddedPostgres(self.state_dir / "postgres", fsync=self.settings.postgres_fsync)
+        self.postgres = EmbeddedPostgres(
+            self.state_dir / "postgres", fsync=self.settings.postgres_fsync
+        )
         self.redis = EmbeddedRedis(self.state_dir / "redis", cluster=self.redis_cluster)
         self.broker = EmbeddedBroker(self.state_dir / "kafka")
 

@@ -57,7 +57,9 @@ class StackFile:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError as exc:
-            raise StackNotRunningError(f"no stack file at {path}: is `flashsale up` running?") from exc
+            raise StackNotRunningError(
+                f"no stack file at {path}: is `flashsale up` running?"
+            ) from exc
         data["pids"] = StackPids(**data["pids"])
         return cls(**data)
 

@@ -58,7 +58,9 @@ async def _check_item(
         return ItemTally(item_id, 0, 0, 0, 0, 0)
     rows = await conn.fetch(
         "SELECT status, count(*) AS n, coalesce(sum(quantity), 0) AS units "
-        "FROM purchases WHERE item_id = $1 GROUP BY status", item_id)
+        "FROM purchases WHERE item_id = $1 GROUP BY status",
+        item_id,
+    )
     by_status = {row["status"]: (row["n"], row["units"]) for row in rows}
     confirmed, units = by_status.get("confirmed", (0, 0))
     rejected = by_status.get("rejected", (0, 0))[0]
@@ -68,15 +70,20 @@ async def _check_item(
     if units != item["sold"]:
         violations.append(f"{item_id}: sold {item['sold']} != confirmed units {units}")
     sold_out = by_status.get("rejected", (0, 0))[0] and await conn.fetchval(
-        "SELECT count(*) FROM purchases WHERE item_id = $1 AND reason = 'sold_out'", item_id)
+        "SELECT count(*) FROM purchases WHERE item_id = $1 AND reason = 'sold_out'", item_id
+    )
     if clean_run and sold_out and units != item["stock"]:
-        violations.append(f"{item_id}: UNDERSOLD {units} of {item['stock']} with sold_out rejections")
+        violations.append(
+            f"{item_id}: UNDERSOLD {units} of {item['stock']} with sold_out rejections"
+        )
     unfair = await conn.fetchval(
         "SELECT count(*) FROM purchases r JOIN purchases c"
         " ON c.item_id = r.item_id AND c.log_generation = r.log_generation"
         " AND c.kafka_partition = r.kafka_partition"
         " WHERE r.item_id = $1 AND r.reason = 'sold_out' AND c.status = 'confirmed'"
-        " AND c.kafka_offset > r.kafka_offset AND c.quantity >= r.quantity", item_id)
+        " AND c.kafka_offset > r.kafka_offset AND c.quantity >= r.quantity",
+        item_id,
+    )
     if clean_run and unfair:
         violations.append(f"{item_id}: {unfair} confirmations overtook an earlier sold-out request")
     return tally
@@ -88,9 +95,11 @@ async def _check_accepted(
     if not accepted:
         return
     found = await conn.fetch(
-        "SELECT purchase_id, status FROM purchases WHERE purchase_id = ANY($1::text[])", accepted)
+        "SELECT purchase_id, status FROM purchases WHERE purchase_id = ANY($1::text[])", accepted
+    )
     final = {row["purchase_id"] for row in found if row["status"] in FINAL}
     lost = [pid for pid in set(accepted) if pid not in final]
     if lost:
-        violations.append(f"LOST: {len(lost)} accepted purchases never reached a final state "
-                          f"(e.g. {lost[:3]})")
+        violations.append(
+            f"LOST: {len(lost)} accepted purchases never reached a final state (e.g. {lost[:3]})"
+        )

@@ -45,7 +45,10 @@ class SaleTarget:
 
 
 async def create_item(
-    session: aiohttp.ClientSession, target: SaleTarget, item_id: str, stock: int,
+    session: aiohttp.ClientSession,
+    target: SaleTarget,
+    item_id: str,
+    stock: int,
     per_user_limit: int = 1,
 ) -> dict[str, object]:
     async with session.put(
@@ -60,16 +63,22 @@ async def create_item(
 
 
 async def _buy(
-    session: aiohttp.ClientSession, target: SaleTarget, item_id: str, user: str,
-    outcome: SaleOutcome, on_answer: Callable[[], None],
+    session: aiohttp.ClientSession,
+    target: SaleTarget,
+    item_id: str,
+    user: str,
+    outcome: SaleOutcome,
+    on_answer: Callable[[], None],
 ) -> None:
     token = issue_token(target.secret, user, 3600)
     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex}
     started = time.perf_counter()
     try:
-        async with session.post(f"{target.gateway_url}/v1/purchases",
-                                json={"item_id": item_id, "quantity": 1},
-                                headers=headers) as response:
+        async with session.post(
+            f"{target.gateway_url}/v1/purchases",
+            json={"item_id": item_id, "quantity": 1},
+            headers=headers,
+        ) as response:
             body = await response.json()
             status = response.status
     except (aiohttp.ClientError, TimeoutError):
@@ -83,7 +92,10 @@ async def _buy(
 
 
 async def _await_final(
-    session: aiohttp.ClientSession, target: SaleTarget, token: str, purchase_id: str,
+    session: aiohttp.ClientSession,
+    target: SaleTarget,
+    token: str,
+    purchase_id: str,
     outcome: SaleOutcome,
 ) -> None:
     url = f"{target.gateway_url}/v1/purchases/{purchase_id}?wait={RESULT_WAIT_S}"
@@ -96,8 +108,12 @@ async def _await_final(
 
 
 async def _watch_sellout(
-    session: aiohttp.ClientSession, target: SaleTarget, item_id: str, started: float,
-    outcome: SaleOutcome, done: asyncio.Event,
+    session: aiohttp.ClientSession,
+    target: SaleTarget,
+    item_id: str,
+    started: float,
+    outcome: SaleOutcome,
+    done: asyncio.Event,
 ) -> None:
     url = f"{target.gateway_url}/v1/items/{item_id}"
     while not done.is_set():
@@ -113,7 +129,10 @@ async def _watch_sellout(
 
 
 async def run_sale(
-    target: SaleTarget, item_id: str, buyers: int, on_answer: Callable[[], None] = lambda: None,
+    target: SaleTarget,
+    item_id: str,
+    buyers: int,
+    on_answer: Callable[[], None] = lambda: None,
 ) -> SaleOutcome:
     """Every buyer sends one purchase at once, then waits for its final state."""
     outcome = SaleOutcome(requests=buyers)
@@ -124,11 +143,14 @@ async def run_sale(
         started = time.perf_counter()
         done = asyncio.Event()
         watcher = asyncio.create_task(
-            _watch_sellout(session, target, item_id, started, outcome, done))
-        await asyncio.gather(*(
-            _buy(session, target, item_id, f"buyer-{run_id}-{n}", outcome, on_answer)
-            for n in range(buyers)
-        ))
+            _watch_sellout(session, target, item_id, started, outcome, done)
+        )
+        await asyncio.gather(
+            *(
+                _buy(session, target, item_id, f"buyer-{run_id}-{n}", outcome, on_answer)
+                for n in range(buyers)
+            )
+        )
         outcome.elapsed_s = time.perf_counter() - started
         done.set()
         await watcher

@@ -65,7 +65,8 @@ async def reconcile_item(
     final = await known_statuses(core.pool, [m.purchase_id for m in messages])
     settle = [
         Settlement(m.item_id, m.shard, m.purchase_id, m.quantity, final[m.purchase_id] == REJECTED)
-        for m in messages if m.purchase_id in final
+        for m in messages
+        if m.purchase_id in final
     ]
     if settle:
         await core.stock.settle(settle)
@@ -73,7 +74,10 @@ async def reconcile_item(
     now_ms = time.time() * 1000
     if publish is not None:
         for message in messages:
-            if message.purchase_id not in final and now_ms - message.admitted_at_ms > stale_s * 1000:
+            if (
+                message.purchase_id not in final
+                and now_ms - message.admitted_at_ms > stale_s * 1000
+            ):
                 await publish(message)
                 report.republished += 1
     if any(level is None for level in levels):

@@ -28,7 +28,9 @@ class CoreResources:
 
 
 @contextlib.asynccontextmanager
-async def open_core(settings: Settings, *, run_migrations: bool = False) -> AsyncIterator[CoreResources]:
+async def open_core(
+    settings: Settings, *, run_migrations: bool = False
+) -> AsyncIterator[CoreResources]:
     async with contextlib.AsyncExitStack() as stack:
         pool = await open_pool(settings.database_url, settings.db_pool_size)
         stack.push_async_callback(pool.close)

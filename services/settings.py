@@ -118,10 +118,7 @@ class Settings:
         env: dict[str, str] = {}
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            else:
-                text = str(value)
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
             env[PREFIX + spec.name.upper()] = text
         return env
 

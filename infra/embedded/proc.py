@@ -39,6 +39,11 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def require_free_port(port: int, what: str) -> None:
+    if not port_is_free(port):
+        raise ServiceStartError(f"{what}: port {port} on 127.0.0.1 is busy")
+
+
 def port_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -70,7 +75,9 @@ def wait_until(
         if alive is not None and not alive():
             raise ServiceStartError(f"{what} exited during start; last log lines:\n{log_tail(log)}")
         time.sleep(POLL_INTERVAL_S)
-    raise ServiceStartError(f"{what} not ready after {timeout_s:.0f}s; last log lines:\n{log_tail(log)}")
+    raise ServiceStartError(
+        f"{what} not ready after {timeout_s:.0f}s; last log lines:\n{log_tail(log)}"
+    )
 
 
 def require_binary(path: Path | str, hint: str) -> str:

@@ -12,6 +12,7 @@ from infra.embedded.proc import (
     log_tail,
     pid_alive,
     port_answers,
+    require_free_port,
     spawn,
     terminate_pid,
     wait_until,
@@ -22,6 +23,7 @@ INSTALL_HINT = "install Redis 7 (apt-get install redis-server)"
 # The cluster bus listens on port + 10000, so cluster ports must leave room for it.
 CLUSTER_MAX_PORT = 55535
 CLUSTER_NODES = 3
+CLI_TIMEOUT_S = 5
 
 
 def redis_binary(name: str) -> str:
@@ -32,10 +34,16 @@ def redis_binary(name: str) -> str:
 
 
 def _cli(port: int, *args: str) -> str:
-    result = subprocess.run(
-        [redis_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
-        capture_output=True, text=True, check=False, timeout=30,
-    )
+    try:
+        result = subprocess.run(
+            [redis_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=CLI_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return ""
     return result.stdout.strip()
 
 
@@ -55,20 +63,43 @@ class RedisNode:
         if self.port == 0:
             self.port = free_port(CLUSTER_MAX_PORT if self.cluster else 65535)
         self.root.mkdir(parents=True, exist_ok=True)
+        require_free_port(self.port, "redis")
         args = [
-            redis_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.root),
-            "--protected-mode", "no", "--maxclients", "10000",
+            redis_binary("redis-server"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.root),
+            "--protected-mode",
+            "no",
+            "--maxclients",
+            "10000",
         ]
         if self.cluster:
             conf = self.root / f"nodes-{self.port}.conf"
             conf.unlink(missing_ok=True)
-            args += ["--cluster-enabled", "yes", "--cluster-config-file", conf.name,
-                     "--cluster-node-timeout", "5000"]
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                conf.name,
+                "--cluster-node-timeout",
+                "5000",
+            ]
         self.process = spawn(args, self.log_path)
         self.pid = self.process.pid
-        wait_until(lambda: _cli(self.port, "PING") == "PONG", f"redis on port {self.port}",
-                   self.log_path, alive=lambda: self.process is not None and self.process.poll() is None)
+        wait_until(
+            lambda: _cli(self.port, "PING") == "PONG",
+            f"redis on port {self.port}",
+            self.log_path,
+            alive=lambda: self.process is not None and self.process.poll() is None,
+        )
 
     def stop(self) -> None:
         if self.pid is not None:
@@ -115,16 +146,27 @@ class EmbeddedRedis:
     def _form_cluster(self) -> None:
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         result = subprocess.run(
-            [redis_binary("redis-cli"), "--cluster", "create", *addresses,
-             "--cluster-replicas", "0", "--cluster-yes"],
-            capture_output=True, text=True, check=False, timeout=60,
+            [
+                redis_binary("redis-cli"),
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
         )
         if result.returncode != 0:
             raise ServiceStartError(f"redis cluster create failed: {result.stdout}{result.stderr}")
         first = self.nodes[0]
         wait_until(
             lambda: all("cluster_state:ok" in _cli(n.port, "CLUSTER", "INFO") for n in self.nodes),
-            "redis cluster state ok", first.log_path,
+            "redis cluster state ok",
+            first.log_path,
         )
 
     def stop(self) -> None:

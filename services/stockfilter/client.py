@@ -8,6 +8,8 @@ from typing import TypeAlias
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -19,6 +21,8 @@ RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 POOL_SIZE = 64
 CLUSTER_POOL_SIZE_PER_NODE = 1000
 SOCKET_TIMEOUT_S = 5.0
+# A restarted Redis closes every pooled connection: retry once or twice on a new one.
+RETRIES = 2
 POOL_WAIT_S = 5.0
 
 
@@ -27,6 +31,7 @@ def open_redis(url: str, cluster: bool) -> RedisClient:
     if cluster:
         return RedisCluster.from_url(
             url,
+            retry=_retry(),
             max_connections=CLUSTER_POOL_SIZE_PER_NODE,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S,
@@ -36,10 +41,16 @@ def open_redis(url: str, cluster: bool) -> RedisClient:
         url,
         max_connections=POOL_SIZE,
         timeout=POOL_WAIT_S,
+        retry=_retry(),
+        retry_on_error=[RedisConnectionError],
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES)
 
 
 async def close_redis(client: RedisClient) -> None:

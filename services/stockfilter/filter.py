@@ -111,6 +111,14 @@ class StockFilter:
         found: dict[int, dict[str, bytes]] = {}
         async with redis_errors():
             for shard in range(self.shards):
-                raw = await self.redis.hgetall(reservations_key(item_id, shard))  # type: ignore[misc]
-                found[shard] = {key.decode(): value for key, value in raw.items()}
+                raw = await self.redis.hgetall(reservations_key(item_id, shard))
+                found[shard] = {_text(key): _bytes(value) for key, value in raw.items()}
         return found
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value

@@ -59,9 +59,7 @@ class IdempotencyStore:
         self._claim = redis.register_script((folder / "claim.lua").read_text())
         self._swap = redis.register_script((folder / "unclaim.lua").read_text())
 
-    async def claim(
-        self, purchase_id: str, record: IdempotencyRecord
-    ) -> IdempotencyRecord | None:
+    async def claim(self, purchase_id: str, record: IdempotencyRecord) -> IdempotencyRecord | None:
         """None when `record` is now the claim; else the record already there."""
         async with redis_errors():
             won, existing = await self._claim(

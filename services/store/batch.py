@@ -1,13 +1,11 @@
-"""Applying one partition's batch to Postgres in ONE transaction (design.md, invariants 1, 2, 5, 6)."""
+"""Applying one partition's batch to Postgres in ONE transaction (invariants 1, 2, 5, 6)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
-
 from services.errors import FencedError
-from services.store.db import database_errors
+from services.store.db import Connection, database_errors
 from services.store.decide import BatchDecisions, ItemState, Record, decide
 from services.store.purchases import RESULTS_CHANNEL, notify_payloads
 from services.store.queries import query
@@ -27,7 +25,7 @@ class BatchResult:
     skipped: int  # records below the stored offset: already applied
 
 
-async def apply_batch(conn: asyncpg.Connection, lease: Lease, records: list[Record]) -> BatchResult:
+async def apply_batch(conn: Connection, lease: Lease, records: list[Record]) -> BatchResult:
     """Lock the lease, check the epoch, decide in offset order, write states, sold and offset.
 
     A consumer whose epoch is stale (it was paused and lost the partition) raises
@@ -47,14 +45,19 @@ async def apply_batch(conn: asyncpg.Connection, lease: Lease, records: list[Reco
         await _write(conn, lease, row["log_generation"], decisions)
         last = max(fresh, key=lambda r: r.offset)
         next_offset = last.offset + 1
-        await conn.execute(query("advance_lease"), lease.topic, lease.partition, next_offset,
-                           last.message.purchase_id)
+        await conn.execute(
+            query("advance_lease"),
+            lease.topic,
+            lease.partition,
+            next_offset,
+            last.message.purchase_id,
+        )
         for payload in notify_payloads([d.record.message.purchase_id for d in decisions.new]):
             await conn.execute(query("notify_results"), RESULTS_CHANNEL, payload)
     return BatchResult(decisions, next_offset, len(records) - len(fresh))
 
 
-async def _decide(conn: asyncpg.Connection, records: list[Record]) -> BatchDecisions:
+async def _decide(conn: Connection, records: list[Record]) -> BatchDecisions:
     messages = [r.message for r in records]
     item_ids = sorted({m.item_id for m in messages})
     item_rows = await conn.fetch(query("lock_items"), item_ids)
@@ -73,7 +76,7 @@ async def _decide(conn: asyncpg.Connection, records: list[Record]) -> BatchDecis
 
 
 async def _write(
-    conn: asyncpg.Connection, lease: Lease, generation: int, decisions: BatchDecisions
+    conn: Connection, lease: Lease, generation: int, decisions: BatchDecisions
 ) -> None:
     new = decisions.new
     if new:

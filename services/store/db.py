@@ -9,6 +9,9 @@ import asyncpg
 
 from services.errors import UnavailableError
 
+# A connection of our own or one borrowed from the pool: queries take either.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 10.0
 

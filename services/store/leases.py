@@ -46,8 +46,9 @@ async def start_log_generation(
 ) -> LeaseGrant | None:
     """Record that the broker lost this partition's log; None when we are fenced."""
     async with database_errors():
-        row = await pool.fetchrow(query("start_log_generation"), topic, partition, epoch,
-                                  from_offset)
+        row = await pool.fetchrow(
+            query("start_log_generation"), topic, partition, epoch, from_offset
+        )
     if row is None:
         return None
     return LeaseGrant(row["epoch"], row["next_offset"], row["log_generation"])
@@ -57,7 +58,8 @@ async def list_leases(pool: asyncpg.Pool, topic: str) -> list[LeaseRow]:
     async with database_errors():
         rows = await pool.fetch(query("list_leases"), topic)
     return [
-        LeaseRow(r["kafka_partition"], r["epoch"], r["owner"], r["next_offset"],
-                 r["log_generation"])
+        LeaseRow(
+            r["kafka_partition"], r["epoch"], r["owner"], r["next_offset"], r["log_generation"]
+        )
         for r in rows
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-import asyncpg
+from services.store.db import Connection
 
 MIGRATIONS_PACKAGE = "services.store"
 # Any constant works; it only has to be the same in every process that migrates.
@@ -21,7 +21,7 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Connection) -> list[str]:
     """Bring the schema up to date; returns the names of the files applied now."""
     applied_now = []
     async with conn.transaction():

@@ -52,8 +52,8 @@ async def _listen_once(url: str, waiters: ResultWaiters, stop: asyncio.Event) ->
     conn = await asyncpg.connect(url, timeout=5)
     lost = asyncio.Event()
 
-    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-        waiters.notify(payload.split(","))
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+        waiters.notify(str(payload).split(","))
 
     conn.add_termination_listener(lambda _conn: lost.set())
     try:

@@ -30,8 +30,12 @@ async def get_purchase(pool: asyncpg.Pool, purchase_id: str) -> PurchaseRow | No
     if row is None:
         return None
     return PurchaseRow(
-        row["purchase_id"], row["user_id"], row["item_id"], row["quantity"],
-        row["status"], row["reason"],
+        row["purchase_id"],
+        row["user_id"],
+        row["item_id"],
+        row["quantity"],
+        row["status"],
+        row["reason"],
     )
 
 

@@ -17,7 +17,7 @@ def parse_queries(text: str) -> dict[str, str]:
         if line.startswith(HEADER):
             if name is not None:
                 queries[name] = "\n".join(lines).strip()
-            name = line[len(HEADER):].strip()
+            name = line[len(HEADER) :].strip()
             if name in queries:
                 raise FlashsaleError(f"query {name!r} defined twice")
             lines = []

@@ -1,0 +1,45 @@
+# flashsale: `make demo` runs a flash sale end to end, `make test` runs every check.
+# Both install what they need first: Debian packages where missing, then the
+# project and its locked dependencies into .venv/ (uv, from uv.lock).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps demo test lint typecheck unit clean
+
+install: system-deps $(VENV)/.synced
+
+system-deps:
+	@bash infra/install-system-deps.sh
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+demo: install
+	$(VENV)/bin/flashsale demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: install
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
