@@ -65,8 +65,11 @@ async def _decide(conn: Connection, records: list[Record]) -> BatchDecisions:
         row["item_id"]: ItemState(row["stock"], row["sold"], row["per_user_limit"])
         for row in item_rows
     }
-    known_rows = await conn.fetch(query("known_purchases"), [m.purchase_id for m in messages])
-    known = {row["purchase_id"]: row["status"] for row in known_rows}
+    requests = sorted({(m.user_id, m.idempotency_key) for m in messages})
+    known_rows = await conn.fetch(
+        query("known_requests"), [r[0] for r in requests], [r[1] for r in requests]
+    )
+    known = {(row["user_id"], row["idempotency_key"]): row["status"] for row in known_rows}
     pairs = sorted({(m.user_id, m.item_id) for m in messages})
     held_rows = await conn.fetch(
         query("confirmed_totals"), [p[0] for p in pairs], [p[1] for p in pairs]
@@ -78,26 +81,24 @@ async def _decide(conn: Connection, records: list[Record]) -> BatchDecisions:
 async def _write(
     conn: Connection, lease: Lease, generation: int, decisions: BatchDecisions
 ) -> None:
+    """Insert final states; sold grows in the same statement by the confirmed rows
+    actually inserted. The CHECK (sold <= stock) is the last word: no bug above
+    can oversell."""
     new = decisions.new
-    if new:
-        msgs = [d.record.message for d in new]
-        await conn.execute(
-            query("insert_purchases"),
-            [m.purchase_id for m in msgs],
-            [m.user_id for m in msgs],
-            [m.idempotency_key for m in msgs],
-            [m.item_id for m in msgs],
-            [m.quantity for m in msgs],
-            [d.status for d in new],
-            [d.reason for d in new],
-            [d.record.offset for d in new],
-            [m.admitted_at_ms for m in msgs],
-            lease.partition,
-            generation,
-        )
-    if decisions.sold_by_item:
-        # The CHECK (sold <= stock) is the last word: a bug above cannot oversell.
-        item_ids = sorted(decisions.sold_by_item)
-        await conn.execute(
-            query("add_sold"), item_ids, [decisions.sold_by_item[i] for i in item_ids]
-        )
+    if not new:
+        return
+    msgs = [d.record.message for d in new]
+    await conn.execute(
+        query("insert_purchases"),
+        [m.purchase_id for m in msgs],
+        [m.user_id for m in msgs],
+        [m.idempotency_key for m in msgs],
+        [m.item_id for m in msgs],
+        [m.quantity for m in msgs],
+        [d.status for d in new],
+        [d.reason for d in new],
+        [d.record.offset for d in new],
+        [m.admitted_at_ms for m in msgs],
+        lease.partition,
+        generation,
+    )

@@ -48,13 +48,13 @@ class BatchDecisions:
 def decide(
     records: list[Record],
     items: dict[str, ItemState],
-    known: dict[str, str],
+    known: dict[tuple[str, str], str],
     held: dict[tuple[str, str], int],
 ) -> BatchDecisions:
     """Walk records in offset order: first come, first served (invariant 6).
 
-    `known` maps purchase ids that already have a final state to it; `held` maps
-    (user, item) to the units the user already has confirmed.
+    `known` maps requests (user, idempotency key) that already have a final
+    state to it; `held` maps (user, item) to the units the user already holds.
     """
     result = BatchDecisions()
     seen = dict(known)
@@ -62,8 +62,9 @@ def decide(
     held = dict(held)
     for record in sorted(records, key=lambda r: r.offset):
         msg = record.message
-        if msg.purchase_id in seen:
-            result.decisions.append(Decision(record, seen[msg.purchase_id], None, duplicate=True))
+        request = (msg.user_id, msg.idempotency_key)
+        if request in seen:
+            result.decisions.append(Decision(record, seen[request], None, duplicate=True))
             continue
         status, reason = _judge(msg, items, remaining, held)
         if status == CONFIRMED:
@@ -73,7 +74,7 @@ def decide(
             result.sold_by_item[msg.item_id] = (
                 result.sold_by_item.get(msg.item_id, 0) + msg.quantity
             )
-        seen[msg.purchase_id] = status
+        seen[request] = status
         result.decisions.append(Decision(record, status, reason))
     return result
 

@@ -47,9 +47,8 @@ def test_a_known_purchase_is_a_duplicate_and_writes_nothing() -> None:
     result = decide([first, again], {"sku": ItemState(10, 0, 5)}, {}, {})
     assert [d.duplicate for d in result.decisions] == [False, True]
     assert result.sold_by_item == {"sku": 1}
-    known = decide(
-        [again], {"sku": ItemState(10, 1, 5)}, {first.message.purchase_id: CONFIRMED}, {}
-    )
+    request = (first.message.user_id, first.message.idempotency_key)
+    known = decide([again], {"sku": ItemState(10, 1, 5)}, {request: CONFIRMED}, {})
     assert known.new == [] and known.sold_by_item == {}
 
 

@@ -19,12 +19,3 @@ SELECT item_id, stock, sold, per_user_limit
 FROM items WHERE item_id = ANY($1::text[])
 ORDER BY item_id
 FOR UPDATE;
-
--- name: add_sold
-UPDATE items SET sold = items.sold + d.units, updated_at = now()
-FROM (
-    SELECT item_id, sum(units)::integer AS units
-    FROM unnest($1::text[], $2::integer[]) AS t(item_id, units)
-    GROUP BY item_id
-) AS d
-WHERE items.item_id = d.item_id;

@@ -14,7 +14,17 @@ JOIN unnest($1::text[], $2::text[]) AS k(user_id, item_id)
 WHERE p.status = 'confirmed'
 GROUP BY p.user_id, p.item_id;
 
+-- name: known_requests
+-- Final states by (user, idempotency key): the identity the unique constraint enforces.
+SELECT p.user_id, p.idempotency_key, p.status
+FROM purchases AS p
+JOIN unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
+  ON p.user_id = k.user_id AND p.idempotency_key = k.idempotency_key;
+
 -- name: insert_purchases
+-- Sold grows by exactly the confirmed rows that were inserted, in the same
+-- statement: a row skipped by a conflict can never count as sold.
+WITH inserted AS (
 INSERT INTO purchases (
     purchase_id, user_id, idempotency_key, item_id, quantity, status, reason,
     kafka_partition, kafka_offset, log_generation, admitted_at
@@ -26,7 +36,16 @@ FROM unnest(
     $8::bigint[], $9::bigint[]
 ) AS t(purchase_id, user_id, idempotency_key, item_id, quantity, status, reason,
        kafka_offset, admitted_ms)
-ON CONFLICT DO NOTHING;
+ON CONFLICT DO NOTHING
+RETURNING item_id, quantity, status
+)
+UPDATE items SET sold = items.sold + d.units, updated_at = now()
+FROM (
+    SELECT item_id, sum(quantity)::integer AS units
+    FROM inserted WHERE status = 'confirmed' GROUP BY item_id
+) AS d
+WHERE items.item_id = d.item_id
+RETURNING items.item_id, d.units;
 
 -- name: count_purchases
 SELECT status, count(*)::bigint AS purchases, coalesce(sum(quantity), 0)::bigint AS units

@@ -1,0 +1,94 @@
+"""The Redis stock filter's Lua scripts, on one node and on a Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from infra.embedded.redis import EmbeddedRedis
+from services.schema import PurchaseMessage
+from services.stockfilter.client import close_redis, open_redis
+from services.stockfilter.filter import Settlement, StockFilter
+from services.stockfilter.idempotency import IdempotencyStore, new_claim
+from services.stockfilter.keys import stock_key
+from tests.conftest import fresh_id
+
+SHARDS = 4
+
+
+@pytest.fixture(params=["node", "cluster"])
+async def stock(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis
+) -> AsyncIterator[StockFilter]:
+    server = redis_server if request.param == "node" else request.getfixturevalue("redis_cluster")
+    client = open_redis(server.url, cluster=request.param == "cluster")
+    try:
+        yield StockFilter(client, SHARDS)
+    finally:
+        await close_redis(client)
+
+
+def message(item_id: str, purchase_id: str, shard: int) -> bytes:
+    return PurchaseMessage(purchase_id, "u", "k", item_id, 1, shard, 0).encode()
+
+
+async def test_reserves_exactly_the_stock_across_shards(stock: StockFilter) -> None:
+    item_id = fresh_id()
+    await stock.set_remaining(item_id, 10)
+    assert sorted(await stock.shard_levels(item_id), reverse=True) == [3, 3, 2, 2]
+
+    async def buy(n: int) -> int | None:
+        pid = f"p{n}"
+        result = await stock.reserve(item_id, pid, 1, lambda s: message(item_id, pid, s))
+        return result.shard
+
+    shards = await asyncio.gather(*(buy(n) for n in range(40)))
+    assert sum(shard is not None for shard in shards) == 10
+    assert await stock.shard_levels(item_id) == [0, 0, 0, 0]
+    records = await stock.reservations(item_id)
+    assert sum(len(r) for r in records.values()) == 10
+
+
+async def test_settle_gives_back_rejected_units_once(stock: StockFilter) -> None:
+    item_id = fresh_id()
+    await stock.set_remaining(item_id, 1)
+    reservation = await stock.reserve(item_id, "p1", 1, lambda s: message(item_id, "p1", s))
+    assert reservation.shard is not None
+    rejected = Settlement(item_id, reservation.shard, "p1", 1, give_back=True)
+    assert await stock.settle([rejected]) == 1
+    assert await stock.settle([rejected]) == 0  # the record is gone: nothing twice
+    assert sum(level or 0 for level in await stock.shard_levels(item_id)) == 1
+
+
+async def test_a_retry_on_the_same_shard_takes_no_second_unit(stock: StockFilter) -> None:
+    item_id = fresh_id()
+    await stock.set_remaining(item_id, 8)
+    first = await stock.reserve(item_id, "p1", 1, lambda s: message(item_id, "p1", s), first=0)
+    again = await stock.reserve(item_id, "p1", 1, lambda s: message(item_id, "p1", s), first=0)
+    assert first.shard == again.shard == 0
+    assert sum(level or 0 for level in await stock.shard_levels(item_id)) == 7
+
+
+async def test_missing_filter_is_reported_not_taken_as_sold_out(stock: StockFilter) -> None:
+    item_id = fresh_id()
+    await stock.set_remaining(item_id, 4)
+    await stock.redis.delete(*(stock_key(item_id, shard) for shard in range(SHARDS)))
+    result = await stock.reserve(item_id, "p1", 1, lambda s: message(item_id, "p1", s))
+    assert result.shard is None and result.missing
+
+
+async def test_idempotency_claim_is_won_once_and_swapped_only_by_its_owner(
+    stock: StockFilter,
+) -> None:
+    store = IdempotencyStore(stock.redis, ttl_s=60)
+    pid = fresh_id("p")
+    mine = new_claim("alice", "sku", 1)
+    theirs = new_claim("alice", "sku", 1)
+    assert await store.claim(pid, mine) is None
+    assert await store.claim(pid, theirs) == mine
+    assert not await store.swap(pid, theirs, None)
+    assert await store.swap(pid, mine, mine.published(2))
+    stored = await store.get(pid)
+    assert stored is not None and stored.state == "published" and stored.shard == 2
