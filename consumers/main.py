@@ -22,6 +22,10 @@ from services.topics import ensure_topic
 log = logging.getLogger("flashsale.consumer")
 
 STARTUP_RETRY_S = 0.5
+# A consumer paused (SIGSTOP, GC) inside a batch transaction would hold its lease
+# row lock forever and block the partition's next owner: Postgres ends such a
+# session after this long, and the zombie's commit then fails.
+CONSUMER_SESSION_SETTINGS = {"idle_in_transaction_session_timeout": "5000"}
 STARTUP_DEADLINE_S = 60.0
 
 
@@ -77,7 +81,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_core(settings, run_migrations=True) as core:
+    async with open_core(
+        settings, run_migrations=True, server_settings=CONSUMER_SESSION_SETTINGS
+    ) as core:
         await prepare(settings, core)
         kafka = build_kafka_consumer(settings)
         worker = PurchaseConsumer(settings, core, kafka)

@@ -13,6 +13,7 @@ from typing import TypeAlias
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from consumers.logcheck import records_at
 from services.errors import FencedError, UnavailableError
 from services.failpoints import failpoint
 from services.resources import CoreResources
@@ -20,8 +21,9 @@ from services.schema import MessageError, PurchaseMessage
 from services.settings import Settings
 from services.stockfilter.filter import Settlement
 from services.store.batch import BatchResult, Lease, apply_batch
+from services.store.db import database_errors
 from services.store.decide import REJECTED, Record
-from services.store.leases import acquire_lease, start_log_generation
+from services.store.leases import LeaseGrant, acquire_lease, start_log_generation
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class LeaseBook:
 
 
 class LeaseListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """On assignment: bump the lease epoch in Postgres and seek to the stored offset."""
+    """On assignment: take the leases (bump epochs) and seek to the stored offsets."""
 
     def __init__(self, worker: PurchaseConsumer) -> None:
         self.worker = worker
@@ -58,14 +60,21 @@ class LeaseListener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             self.worker.leases.epochs.pop(tp.partition, None)
+            self.worker.pending.discard(tp)
         if revoked:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        for tp in sorted(assigned, key=lambda t: t.partition):
-            await self.worker.take_partition(tp)
-        if assigned:
-            log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        if not assigned:
+            return
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        # Nothing is read from a partition until its lease is ours.
+        self.worker.kafka.pause(*assigned)
+        self.worker.pending.update(assigned)
+        try:
+            await self.worker.take_pending()
+        except (UnavailableError, KafkaError) as exc:
+            log.warning("taking leases later: %s", exc)
 
 
 class PurchaseConsumer:
@@ -75,35 +84,65 @@ class PurchaseConsumer:
         self.kafka = kafka
         self.name = consumer_name(settings)
         self.leases = LeaseBook()
+        self.pending: set[TopicPartition] = set()
         self.stats = ConsumerStats()
 
-    async def take_partition(self, tp: TopicPartition) -> None:
-        grant = await acquire_lease(self.core.pool, tp.topic, tp.partition, self.name)
-        start = grant.next_offset
-        end = (await self.kafka.end_offsets([tp]))[tp]
-        if end < grant.next_offset:
-            # The broker lost this partition's log: read the new one from its start.
-            begin = (await self.kafka.beginning_offsets([tp]))[tp]
-            regrant = await start_log_generation(
-                self.core.pool, tp.topic, tp.partition, grant.epoch, begin
-            )
-            if regrant is None:
-                return
-            log.warning(
-                "partition %d: log end %d is below stored offset %d; new log generation %d",
-                tp.partition,
-                end,
-                grant.next_offset,
-                regrant.log_generation,
-            )
-            start = regrant.next_offset
-        self.leases.epochs[tp.partition] = grant.epoch
-        self.kafka.seek(tp, start)
+    async def take_pending(self) -> None:
+        """Lease every assigned partition not yet ours, checking its log is the one we know."""
+        tps = sorted(self.pending, key=lambda t: t.partition)
+        if not tps:
+            return
+        grants = {
+            tp: await acquire_lease(self.core.pool, tp.topic, tp.partition, self.name) for tp in tps
+        }
+        lost = await self._lost_logs(grants)
+        for tp, grant in grants.items():
+            start: int | None = grant.next_offset
+            if tp in lost:
+                start = await self._new_generation(tp, grant)
+            if start is None:
+                continue
+            self.leases.epochs[tp.partition] = grant.epoch
+            self.kafka.seek(tp, start)
+            self.pending.discard(tp)
+            self.kafka.resume(tp)
+
+    async def _lost_logs(self, grants: dict[TopicPartition, LeaseGrant]) -> set[TopicPartition]:
+        ends = await self.kafka.end_offsets(list(grants))
+        lost = {tp for tp, grant in grants.items() if ends[tp] < grant.next_offset}
+        wanted = {
+            tp: grant.next_offset - 1
+            for tp, grant in grants.items()
+            if tp not in lost and grant.next_offset > 0 and grant.last_purchase_id
+        }
+        seen = await records_at(self.settings.kafka_bootstrap, wanted)
+        lost |= {tp for tp, pid in seen.items() if pid != grants[tp].last_purchase_id}
+        return lost
+
+    async def _new_generation(self, tp: TopicPartition, grant: LeaseGrant) -> int | None:
+        """The broker lost this partition's log: read the new one from its start."""
+        begin = (await self.kafka.beginning_offsets([tp]))[tp]
+        regrant = await start_log_generation(
+            self.core.pool, tp.topic, tp.partition, grant.epoch, begin
+        )
+        if regrant is None:
+            return None
+        log.warning(
+            "partition %d: the log is not the one applied up to offset %d; "
+            "reading the new log from %d as generation %d",
+            tp.partition,
+            grant.next_offset,
+            begin,
+            regrant.log_generation,
+        )
+        return regrant.next_offset
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff_s = 0.1
         while not stop.is_set():
             try:
+                if self.pending:
+                    await self.take_pending()
                 batches = await self.kafka.getmany(
                     timeout_ms=200, max_records=self.settings.batch_max_records
                 )
@@ -125,8 +164,9 @@ class PurchaseConsumer:
         first_offset = int(messages[0].offset)
         failpoint(self.settings.failpoint, "consumer.before_apply")
         try:
-            async with self.core.pool.acquire() as conn:
-                result = await apply_batch(conn, Lease(tp.topic, tp.partition, epoch), records)
+            async with database_errors(), self.core.pool.acquire() as conn:
+                lease = Lease(tp.topic, tp.partition, epoch, self.name)
+                result = await apply_batch(conn, lease, records)
         except FencedError as exc:
             self.stats.fenced += 1
             self.leases.epochs.pop(tp.partition, None)
@@ -146,10 +186,17 @@ class PurchaseConsumer:
         self.stats.applied += len(result.decisions.new)
         self.stats.confirmed += sum(1 for d in result.decisions.new if d.status != REJECTED)
         self.stats.rejected += sum(1 for d in result.decisions.new if d.status == REJECTED)
+        # A duplicate copy gives its units back: its reservation (if it still has
+        # one) is a second one, made by a retry after Redis forgot the first.
         settlements = [
-            Settlement(m.item_id, m.shard, m.purchase_id, m.quantity, d.status == REJECTED)
+            Settlement(
+                d.record.message.item_id,
+                d.record.message.shard,
+                d.record.message.purchase_id,
+                d.record.message.quantity,
+                give_back=d.duplicate or d.status == REJECTED,
+            )
             for d in decisions
-            for m in (d.record.message,)
         ]
         try:
             await self.core.stock.settle(settlements)

@@ -26,10 +26,6 @@ class ItemHints:
             return None
         return entry[0]
 
-    def stale_item(self, item_id: str) -> Item | None:
-        entry = self._items.get(item_id)
-        return None if entry is None else entry[0]
-
     def remember_item(self, item: Item) -> None:
         self._items[item.item_id] = (item, time.monotonic() + self.item_ttl_s)
 

@@ -21,7 +21,7 @@ from gateway.validation import (
     read_json_object,
     wait_seconds,
 )
-from services.errors import ItemNotFoundError, UnavailableError
+from services.errors import ItemNotFoundError
 from services.reconciler import rebuild_item
 from services.store.items import Item, get_item, upsert_item
 from services.store.purchases import PurchaseRow, get_purchase
@@ -56,11 +56,6 @@ async def item_for_admission(gw: Gateway, item_id: str) -> Item:
         item = await get_item(gw.core.pool, item_id)
     except ItemNotFoundError as exc:
         raise ApiError(404, "item_not_found", f"no item {item_id}") from exc
-    except UnavailableError:
-        stale = gw.hints.stale_item(item_id)
-        if stale is None:
-            raise
-        return stale
     gw.hints.remember_item(item)
     return item
 

@@ -29,10 +29,13 @@ class CoreResources:
 
 @contextlib.asynccontextmanager
 async def open_core(
-    settings: Settings, *, run_migrations: bool = False
+    settings: Settings,
+    *,
+    run_migrations: bool = False,
+    server_settings: dict[str, str] | None = None,
 ) -> AsyncIterator[CoreResources]:
     async with contextlib.AsyncExitStack() as stack:
-        pool = await open_pool(settings.database_url, settings.db_pool_size)
+        pool = await open_pool(settings.database_url, settings.db_pool_size, server_settings)
         stack.push_async_callback(pool.close)
         if run_migrations:
             async with pool.acquire() as conn:

@@ -16,6 +16,7 @@ class Lease:
     topic: str
     partition: int
     epoch: int
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,4 +102,6 @@ async def _write(
         [m.admitted_at_ms for m in msgs],
         lease.partition,
         generation,
+        lease.epoch,
+        lease.owner or None,
     )

@@ -36,10 +36,13 @@ async def database_errors() -> AsyncIterator[None]:
         raise UnavailableError(f"postgres unavailable: {type(exc).__name__}: {exc}") from exc
 
 
-async def open_pool(url: str, size: int) -> asyncpg.Pool:
+async def open_pool(
+    url: str, size: int, server_settings: dict[str, str] | None = None
+) -> asyncpg.Pool:
     async with database_errors():
         pool = await asyncpg.create_pool(
             url,
+            server_settings=server_settings,
             min_size=1,
             max_size=size,
             timeout=CONNECT_TIMEOUT_S,

@@ -15,6 +15,7 @@ class LeaseGrant:
     epoch: int
     next_offset: int
     log_generation: int
+    last_purchase_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,9 @@ async def acquire_lease(pool: asyncpg.Pool, topic: str, partition: int, owner: s
             await pool.execute(query("ensure_leases"), topic, partition + 1)
             row = await pool.fetchrow(query("acquire_lease"), topic, partition, owner)
     assert row is not None
-    return LeaseGrant(row["epoch"], row["next_offset"], row["log_generation"])
+    return LeaseGrant(
+        row["epoch"], row["next_offset"], row["log_generation"], row["last_purchase_id"]
+    )
 
 
 async def start_log_generation(

@@ -8,7 +8,7 @@ ON CONFLICT DO NOTHING;
 UPDATE partition_leases
 SET epoch = epoch + 1, owner = $3, updated_at = now()
 WHERE topic = $1 AND kafka_partition = $2
-RETURNING epoch, next_offset, log_generation;
+RETURNING epoch, next_offset, log_generation, last_purchase_id;
 
 -- name: lock_lease
 SELECT epoch, next_offset, log_generation

@@ -27,10 +27,10 @@ JOIN unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
 WITH inserted AS (
 INSERT INTO purchases (
     purchase_id, user_id, idempotency_key, item_id, quantity, status, reason,
-    kafka_partition, kafka_offset, log_generation, admitted_at
+    kafka_partition, kafka_offset, log_generation, admitted_at, lease_epoch, applied_by
 )
 SELECT t.purchase_id, t.user_id, t.idempotency_key, t.item_id, t.quantity, t.status, t.reason,
-       $10, t.kafka_offset, $11, to_timestamp(t.admitted_ms / 1000.0)
+       $10, t.kafka_offset, $11, to_timestamp(t.admitted_ms / 1000.0), $12, $13
 FROM unnest(
     $1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[],
     $8::bigint[], $9::bigint[]
