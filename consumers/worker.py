@@ -85,11 +85,16 @@ class PurchaseConsumer:
         self.name = consumer_name(settings)
         self.leases = LeaseBook()
         self.pending: set[TopicPartition] = set()
+        # The rebalance listener and the poll loop both take pending leases: one at a time.
+        self._taking = asyncio.Lock()
         self.stats = ConsumerStats()
 
     async def take_pending(self) -> None:
         """Lease every assigned partition not yet ours, checking its log is the one we know."""
-        tps = sorted(self.pending, key=lambda t: t.partition)
+        async with self._taking:
+            await self._take(sorted(self.pending, key=lambda t: t.partition))
+
+    async def _take(self, tps: list[TopicPartition]) -> None:
         if not tps:
             return
         grants = {
@@ -116,8 +121,9 @@ class PurchaseConsumer:
             if tp not in lost and grant.next_offset > 0 and grant.last_purchase_id
         }
         seen = await records_at(self.settings.kafka_bootstrap, wanted)
-        lost |= {tp for tp, pid in seen.items() if pid != grants[tp].last_purchase_id}
-        return lost
+        # A log we could not check counts as lost: reading it again from its start
+        # costs time, while skipping a new log's records would lose purchases.
+        return lost | {tp for tp in wanted if seen.get(tp) != grants[tp].last_purchase_id}
 
     async def _new_generation(self, tp: TopicPartition, grant: LeaseGrant) -> int | None:
         """The broker lost this partition's log: read the new one from its start."""
@@ -146,13 +152,27 @@ class PurchaseConsumer:
                 batches = await self.kafka.getmany(
                     timeout_ms=200, max_records=self.settings.batch_max_records
                 )
-                for tp, messages in batches.items():
-                    await self.handle(tp, messages)
+                await self.handle_all(batches)
                 backoff_s = 0.1
             except (UnavailableError, KafkaError) as exc:
                 log.warning("backing off %.1fs: %s", backoff_s, exc)
                 await _wait(stop, backoff_s)
                 backoff_s = min(backoff_s * 2, RETRY_BACKOFF_MAX_S)
+
+    async def handle_all(self, batches: dict[TopicPartition, list[KafkaRecord]]) -> None:
+        """Apply each partition's batch; after a failure, rewind every batch not applied."""
+        failure: UnavailableError | None = None
+        for tp, messages in batches.items():
+            if failure is not None:
+                if messages:
+                    self.kafka.seek(tp, messages[0].offset)
+                continue
+            try:
+                await self.handle(tp, messages)
+            except UnavailableError as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
 
     async def handle(
         self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]

@@ -73,8 +73,9 @@ class StockFilter:
             if code in (RESERVED, ALREADY_RESERVED):
                 return Reservation(shard, missing, frozenset(empty))
             if code == SHARD_MISSING:
-                missing = True
-            empty.add(shard)
+                missing = True  # not "empty": Redis lost it, and the rebuild refills it
+            else:
+                empty.add(shard)
         return Reservation(None, missing, frozenset(empty))
 
     async def settle(self, settlements: Iterable[Settlement]) -> int:

@@ -1,0 +1,88 @@
+"""Steady buying traffic for fault runs: new buyers at a bounded rate, retries with
+the same Idempotency-Key when the gateway is down or answers 503, as a careful
+client would."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from loadtests.sale import SaleTarget
+from services.tokens import issue_token
+
+RETRIES = 8
+RETRY_PAUSE_S = 0.5
+REQUEST_TIMEOUT_S = 5.0
+RETRYABLE = {0, 503, 409}  # 0: no answer (connection refused, reset, timeout)
+
+
+@dataclass
+class TrafficOutcome:
+    # purchase id -> when the client first saw 202 (epoch seconds)
+    accepted: dict[str, float] = field(default_factory=dict)
+    statuses: Counter[int] = field(default_factory=Counter)
+    # (user, key) -> every purchase id answered for it: must be one
+    ids_per_request: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    requests: int = 0
+
+    @property
+    def inconsistent_ids(self) -> list[tuple[str, str]]:
+        return [request for request, ids in self.ids_per_request.items() if len(ids) > 1]
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, token: str, key: str, item_id: str
+) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    try:
+        async with session.post(url, json={"item_id": item_id}, headers=headers) as response:
+            return response.status, await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return 0, {}
+
+
+async def _one_buyer(
+    session: aiohttp.ClientSession, target: SaleTarget, item_id: str, outcome: TrafficOutcome
+) -> None:
+    user = f"buyer-{uuid.uuid4().hex[:10]}"
+    key = uuid.uuid4().hex
+    token = issue_token(target.secret, user, 3600)
+    url = f"{target.gateway_url}/v1/purchases"
+    for _attempt in range(RETRIES):
+        outcome.requests += 1
+        status, body = await _post(session, url, token, key, item_id)
+        outcome.statuses[status] += 1
+        if status == 202:
+            purchase_id = str(body["purchase_id"])
+            outcome.accepted.setdefault(purchase_id, time.time())
+            outcome.ids_per_request.setdefault((user, key), set()).add(purchase_id)
+        retry = status in RETRYABLE and body.get("error") != "sold_out"
+        if not retry:
+            return
+        await asyncio.sleep(RETRY_PAUSE_S)
+
+
+async def run_traffic(
+    target: SaleTarget,
+    items: list[str],
+    duration_s: float,
+    rate_per_s: float,
+    stop: asyncio.Event | None = None,
+    seed: int = 0,
+) -> TrafficOutcome:
+    """Start a buyer every 1/rate seconds for `duration_s`, then wait for every buyer."""
+    outcome = TrafficOutcome()
+    rng = random.Random(seed)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as group:
+        deadline = time.monotonic() + duration_s
+        while time.monotonic() < deadline and not (stop and stop.is_set()):
+            group.create_task(_one_buyer(session, target, rng.choice(items), outcome))
+            await asyncio.sleep(1 / rate_per_s)
+    return outcome

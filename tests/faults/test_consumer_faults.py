@@ -1,0 +1,59 @@
+"""Consumers killed mid-batch or paused past their session timeout lose nothing,
+apply nothing twice, and a paused one commits nothing after its partitions moved."""
+
+from __future__ import annotations
+
+import asyncio
+
+from infra.embedded.proc import pid_alive
+from loadtests.faultcheck import check_fault_run
+from loadtests.traffic import run_traffic
+from services.resources import open_core
+from services.store.leases import list_leases
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
+
+
+async def test_consumer_killed_mid_batch(fault_stack: FaultStack) -> None:
+    victim = fault_stack.faults.consumer_names()[0]
+    report, outcome, _ = await fault_stack.sale_with_fault(
+        lambda: fault_stack.faults.kill_consumer(victim)
+    )
+    assert outcome.accepted, outcome.statuses
+    assert report.ok, report.all_violations
+
+
+async def test_consumer_paused_past_session_timeout_is_fenced(fault_stack: FaultStack) -> None:
+    settings = fault_stack.settings
+    zombie, survivor = fault_stack.faults.consumer_names()
+    zombie_pid = fault_stack.stack.consumer_pids[zombie]
+
+    async def owners() -> set[str | None]:
+        async with open_core(settings) as core:
+            return {lease.owner for lease in await list_leases(core.pool, settings.topic)}
+
+    async def pause_until_moved() -> None:
+        pause = asyncio.create_task(
+            asyncio.to_thread(fault_stack.faults.pause_consumer, zombie, 12.0)
+        )
+        # While the zombie sleeps, the survivor takes every partition.
+        await wait_for(lambda: _only(owners, survivor), timeout_s=30, interval_s=0.5)
+        await pause
+
+    items = await fault_stack.create_items()
+    traffic = asyncio.create_task(
+        run_traffic(fault_stack.target, items, duration_s=20, rate_per_s=40, seed=3)
+    )
+    await asyncio.sleep(2)
+    await pause_until_moved()
+    outcome = await traffic
+    report = await check_fault_run(
+        settings.database_url, items, outcome.accepted, outcome.inconsistent_ids
+    )
+    assert report.ok, report.all_violations
+    # The zombie woke up and either rejoined the group or left it cleanly.
+    assert pid_alive(zombie_pid)
+
+
+async def _only(owners, name: str) -> bool:  # type: ignore[no-untyped-def]
+    return await owners() == {name}
