@@ -13,7 +13,7 @@ from consumers.worker import LeaseListener, PurchaseConsumer, consumer_name
 from services.errors import UnavailableError
 from services.logs import setup_logging
 from services.producer import open_producer
-from services.reconciler import reconcile_once
+from services.reconciler import Reconciler
 from services.resources import CoreResources, open_core
 from services.settings import Settings
 from services.store.leases import ensure_leases
@@ -61,13 +61,10 @@ async def prepare(settings: Settings, core: CoreResources) -> None:
 
 async def reconcile_forever(settings: Settings, core: CoreResources, stop: asyncio.Event) -> None:
     async with open_producer(settings) as producer:
-
-        async def publish(message):  # type: ignore[no-untyped-def]
-            await producer.publish(message)
-
+        reconciler = Reconciler(core, producer.publish, settings.reservation_stale_s)
         while not stop.is_set():
             try:
-                report = await reconcile_once(core, publish, settings.reservation_stale_s)
+                report = await reconciler.run_once()
                 if report:
                     log.info("reconciled: %s", report)
             except UnavailableError as exc:

@@ -63,6 +63,9 @@ class Admission:
         if earlier is None:
             self.metrics.sold_out.labels("true").inc()
             raise SoldOut(item_id)
+        if earlier.state != PUBLISHED and earlier.item_id == item_id:
+            # A twin is mid-admission and may still fail: wait for its outcome.
+            return await self.admit(user_id, key, item_id, quantity)
         return self._replay(purchase_id, earlier, item_id, quantity)
 
     async def admit(self, user_id: str, key: str, item_id: str, quantity: int) -> Admitted:

@@ -15,6 +15,7 @@ from click.decorators import FC
 from rich.console import Console
 
 from infra import status as status_view
+from infra.loadtest_command import loadtest
 from infra.stack import EmbeddedStack, stack_is_running, stop_from_file
 from infra.stackfile import StackFile
 from services.errors import FlashsaleError, StackNotRunningError, StackRunningError
@@ -277,6 +278,8 @@ def demo(buyers: int, stock: int, consumer_count: int) -> None:
     ok = run_demo(buyers=buyers, stock=stock, consumers=consumer_count, console=Console())
     sys.exit(0 if ok else 1)
 
+
+main.add_command(loadtest)
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -103,3 +104,150 @@ async def _check_accepted(
         violations.append(
             f"LOST: {len(lost)} accepted purchases never reached a final state (e.g. {lost[:3]})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SaleExpectations:
+    """What a load-test run knows beyond the accepted ids, for `check_sale`."""
+
+    # item id -> the stock the run set; nothing a user sends may change it
+    stock: dict[str, int] = field(default_factory=dict)
+    # (user id, idempotency key) -> every purchase id the gateway answered for it
+    keys: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # user ids starting with one of these (malformed senders) must own no purchase
+    untouched_user_prefixes: tuple[str, ...] = ()
+    # items only malformed requests targeted: no purchase may exist for them
+    untouched_items: tuple[str, ...] = ()
+
+
+FINAL_POLL_S = 0.25
+
+
+async def check_sale(
+    database_url: str,
+    accepted: Iterable[str],
+    expected: SaleExpectations,
+    final_wait_s: float = 30.0,
+    clean_run: bool = True,
+) -> InvariantReport:
+    """`check_invariants` after waiting (at most `final_wait_s`) for every accepted
+    purchase to be final, plus: stock unchanged, per-user limits held, one purchase
+    per idempotency key (the one its answers named), untouched users and items."""
+    accepted_ids = list(dict.fromkeys(accepted))
+    conn = await asyncpg.connect(database_url)
+    try:
+        await wait_until_final(conn, accepted_ids, final_wait_s)
+        report = InvariantReport()
+        for item_id in expected.stock:
+            report.items.append(await _check_item(conn, item_id, report.violations, clean_run))
+        await _check_accepted(conn, accepted_ids, report.violations)
+        _check_stock_unchanged(report, expected.stock)
+        await _check_user_limits(conn, list(expected.stock), report.violations)
+        await _check_keys(conn, expected.keys, report.violations)
+        await _check_untouched(conn, expected, report.violations)
+    finally:
+        await conn.close()
+    return report
+
+
+async def wait_until_final(
+    conn: asyncpg.Connection, purchase_ids: list[str], timeout_s: float
+) -> int:
+    """Poll until every purchase has a final row or the time is up; how many are not final."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    waiting = set(purchase_ids)
+    while waiting:
+        rows = await conn.fetch(
+            "SELECT purchase_id FROM purchases WHERE purchase_id = ANY($1::text[])"
+            " AND status = ANY($2::text[])",
+            list(waiting),
+            list(FINAL),
+        )
+        waiting -= {row["purchase_id"] for row in rows}
+        if not waiting or loop.time() >= deadline:
+            break
+        await asyncio.sleep(FINAL_POLL_S)
+    return len(waiting)
+
+
+def _check_stock_unchanged(report: InvariantReport, stock: dict[str, int]) -> None:
+    for tally in report.items:
+        planned = stock.get(tally.item_id)
+        if planned is not None and tally.stock != planned:
+            report.violations.append(
+                f"{tally.item_id}: stock changed from {planned} to {tally.stock} during the run"
+            )
+
+
+async def _check_user_limits(
+    conn: asyncpg.Connection, item_ids: list[str], violations: list[str]
+) -> None:
+    rows = await conn.fetch(
+        "SELECT p.item_id, p.user_id, sum(p.quantity) AS units, i.per_user_limit"
+        " FROM purchases p JOIN items i ON i.item_id = p.item_id"
+        " WHERE p.item_id = ANY($1::text[]) AND p.status = 'confirmed'"
+        " GROUP BY p.item_id, p.user_id, i.per_user_limit"
+        " HAVING sum(p.quantity) > i.per_user_limit",
+        item_ids,
+    )
+    for row in rows[:5]:
+        violations.append(
+            f"{row['item_id']}: user {row['user_id']} holds {row['units']} units,"
+            f" above the per-user limit {row['per_user_limit']}"
+        )
+    if len(rows) > 5:
+        violations.append(f"... and {len(rows) - 5} more users above a per-user limit")
+
+
+async def _check_keys(
+    conn: asyncpg.Connection,
+    keys: dict[tuple[str, str], tuple[str, ...]],
+    violations: list[str],
+) -> None:
+    """Every retry of one key was answered with one purchase id, and Postgres holds
+    at most one purchase for the key: that one."""
+    if not keys:
+        return
+    split = [pair for pair, ids in keys.items() if len(set(ids)) > 1]
+    if split:
+        violations.append(
+            f"KEY: {len(split)} idempotency keys were answered with different purchase ids"
+            f" (e.g. {split[0]}: {keys[split[0]]})"
+        )
+    users, idem_keys = zip(*keys, strict=True)
+    rows = await conn.fetch(
+        "SELECT p.user_id, p.idempotency_key, p.purchase_id FROM purchases p"
+        " JOIN unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)"
+        " ON p.user_id = k.user_id AND p.idempotency_key = k.idempotency_key",
+        list(users),
+        list(idem_keys),
+    )
+    stored: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        stored.setdefault((row["user_id"], row["idempotency_key"]), []).append(row["purchase_id"])
+    doubled = [pair for pair, ids in stored.items() if len(ids) > 1]
+    if doubled:
+        violations.append(f"DOUBLE APPLY: {len(doubled)} keys have more than one purchase row")
+    mismatched = [pair for pair, ids in stored.items() if keys[pair] and ids[0] not in keys[pair]]
+    if mismatched:
+        violations.append(
+            f"KEY: {len(mismatched)} keys are stored under a purchase id their answers never named"
+        )
+
+
+async def _check_untouched(
+    conn: asyncpg.Connection, expected: SaleExpectations, violations: list[str]
+) -> None:
+    for prefix in expected.untouched_user_prefixes:
+        owned = await conn.fetchval(
+            "SELECT count(*) FROM purchases WHERE starts_with(user_id, $1)", prefix
+        )
+        if owned:
+            violations.append(
+                f"{owned} purchases belong to users {prefix}* who sent only bad input"
+            )
+    for item_id in expected.untouched_items:
+        touched = await conn.fetchval("SELECT count(*) FROM purchases WHERE item_id = $1", item_id)
+        if touched:
+            violations.append(f"{item_id}: {touched} purchases, but only bad input targeted it")

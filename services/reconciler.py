@@ -21,7 +21,10 @@ from services.store.purchases import known_statuses
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[PurchaseMessage], Awaitable[None]]
+Publish = Callable[[PurchaseMessage], Awaitable[object]]
+# Passes in a row an idle item's filter must show the same missing units before a rebuild.
+IDLE_PASSES = 3
+REPUBLISH_MEMORY_S = 600.0
 
 
 @dataclass
@@ -55,36 +58,85 @@ def _quantity(raw: bytes) -> int:
         return 0
 
 
-async def reconcile_item(
-    core: CoreResources, item: Item, publish: Publish | None, stale_s: float
-) -> ReconcileReport:
-    report = ReconcileReport()
-    levels = await core.stock.shard_levels(item.item_id)
-    records = await core.stock.reservations(item.item_id)
-    messages = _decode_all(records)
-    final = await known_statuses(core.pool, [m.purchase_id for m in messages])
-    settle = [
-        Settlement(m.item_id, m.shard, m.purchase_id, m.quantity, final[m.purchase_id] == REJECTED)
-        for m in messages
-        if m.purchase_id in final
-    ]
-    if settle:
-        await core.stock.settle(settle)
-        report.settled = len(settle)
-    now_ms = time.time() * 1000
-    if publish is not None:
-        for message in messages:
-            if (
-                message.purchase_id not in final
-                and now_ms - message.admitted_at_ms > stale_s * 1000
-            ):
-                await publish(message)
-                report.republished += 1
-    if any(level is None for level in levels):
-        units = await rebuild_item(core, item)
-        report.rebuilt.append(item.item_id)
-        log.warning("stock filter of %s was missing; rebuilt with %d units", item.item_id, units)
-    return report
+@dataclass
+class Reconciler:
+    """One reconciler loop's memory between passes (each pass is safe on its own)."""
+
+    core: CoreResources
+    publish: Publish | None
+    stale_s: float
+    # Republish a record at most once per stale period, however long the log lags.
+    republished_at: dict[str, float] = field(default_factory=dict)
+    # item -> (filter units, drift) seen by the last passes while the item was idle.
+    idle_drift: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+    async def run_once(self) -> ReconcileReport:
+        total = ReconcileReport()
+        for item in await list_items(self.core.pool):
+            report = await self.reconcile_item(item)
+            total.settled += report.settled
+            total.republished += report.republished
+            total.rebuilt += report.rebuilt
+        self._forget_old_republishes()
+        return total
+
+    async def reconcile_item(self, item: Item) -> ReconcileReport:
+        report = ReconcileReport()
+        levels = await self.core.stock.shard_levels(item.item_id)
+        messages = _decode_all(await self.core.stock.reservations(item.item_id))
+        final = await known_statuses(self.core.pool, [m.purchase_id for m in messages])
+        settle = [
+            Settlement(
+                m.item_id, m.shard, m.purchase_id, m.quantity, final[m.purchase_id] == REJECTED
+            )
+            for m in messages
+            if m.purchase_id in final
+        ]
+        if settle:
+            await self.core.stock.settle(settle)
+            report.settled = len(settle)
+        pending = [m for m in messages if m.purchase_id not in final]
+        report.republished = await self._republish_stale(pending)
+        in_flight = sum(m.quantity for m in pending)
+        if any(level is None for level in levels) or self._drifted(item, levels, in_flight):
+            units = await rebuild_item(self.core, item)
+            report.rebuilt.append(item.item_id)
+            log.warning("stock filter of %s rebuilt from Postgres: %d units", item.item_id, units)
+        return report
+
+    async def _republish_stale(self, pending: list[PurchaseMessage]) -> int:
+        """Reservations Postgres does not know after `stale_s`: their message was lost."""
+        if self.publish is None:
+            return 0
+        now = time.time()
+        count = 0
+        for message in pending:
+            admitted = message.admitted_at_ms / 1000
+            last = self.republished_at.get(message.purchase_id, admitted)
+            if now - last > self.stale_s:
+                await self.publish(message)
+                self.republished_at[message.purchase_id] = now
+                count += 1
+        return count
+
+    def _drifted(self, item: Item, levels: list[int | None], in_flight: int) -> bool:
+        """Units lost from the filter (undersell risk), seen on IDLE_PASSES passes in a
+        row with the filter unchanged: a sale in progress is never second-guessed."""
+        units = sum(level or 0 for level in levels)
+        drift = item.remaining - in_flight - units
+        history = self.idle_drift.setdefault(item.item_id, [])
+        history.append((units, drift))
+        del history[:-IDLE_PASSES]
+        settled = len(history) == IDLE_PASSES and len(set(history)) == 1
+        if settled and drift > 0:
+            history.clear()
+            return True
+        return False
+
+    def _forget_old_republishes(self) -> None:
+        horizon = time.time() - REPUBLISH_MEMORY_S
+        for purchase_id in [p for p, at in self.republished_at.items() if at < horizon]:
+            del self.republished_at[purchase_id]
 
 
 def _decode_all(records: dict[int, dict[str, bytes]]) -> list[PurchaseMessage]:
@@ -96,15 +148,3 @@ def _decode_all(records: dict[int, dict[str, bytes]]) -> list[PurchaseMessage]:
             except MessageError:
                 log.error("dropping an undecodable reservation record: %r", raw[:200])
     return messages
-
-
-async def reconcile_once(
-    core: CoreResources, publish: Publish | None, stale_s: float
-) -> ReconcileReport:
-    total = ReconcileReport()
-    for item in await list_items(core.pool):
-        report = await reconcile_item(core, item, publish, stale_s)
-        total.settled += report.settled
-        total.republished += report.republished
-        total.rebuilt += report.rebuilt
-    return total

@@ -1,0 +1,356 @@
+"""`flashsale loadtest`: put items on sale, run a Locust scenario headless, check the invariants.
+
+Locust runs as a child process (it monkey-patches the interpreter with gevent,
+which must not meet flashsale's asyncio code); the scenario parameters reach it
+through environment variables, and it hands back two files: Locust's JSON
+report (timings) and the scenario's results file (accepted purchase ids,
+answers by status, the purchase ids each idempotency key was answered with).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import asyncpg
+
+from loadtests.invariants import InvariantReport, ItemTally, SaleExpectations, check_sale
+from loadtests.locust_stats import EndpointStats, load_stats, merge, percentile_ms
+from loadtests.plans import plan_items
+from loadtests.scenarios import locustfile_path
+from loadtests.scenarios.params import ItemSpec, ScenarioParams
+from loadtests.scenarios.results import NO_ANSWER, ScenarioResults
+from services.errors import FlashsaleError
+
+# design.md invariant 3: every 202 is final within 30 s.
+FINAL_BOUND_S = 30.0
+# After the run time, users get this long to finish the request they are in.
+STOP_TIMEOUT_S = 5
+# Locust's start (imports, spawning every user) and its reports, on top of the run time.
+START_ALLOWANCE_S = 30.0
+TERMINATE_GRACE_S = 10.0
+POLL_S = 0.25
+ADMIN_TIMEOUT_S = 10.0
+LOG_TAIL_CHARS = 3000
+# The admission latency of a sale is what the POST answers measure; the long
+# polls of GET ?wait= hold answers on purpose and would drown it.
+BUY_PREFIX = "POST /v1/purchases"
+
+
+class LoadtestError(FlashsaleError):
+    """The load test could not run: the gateway refused the items, or Locust failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    gateway_url: str
+    admin_token: str
+    secret: str
+    database_url: str
+
+
+class Progress(Protocol):
+    def phase(self, text: str) -> None: ...
+
+    def load(self, elapsed_s: float, duration_s: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunFiles:
+    folder: Path
+
+    @property
+    def stats_base(self) -> Path:
+        return self.folder / "locust"  # Locust appends ".json" and "_stats.csv"...
+
+    @property
+    def stats_json(self) -> Path:
+        return self.folder / "locust.json"
+
+    @property
+    def results(self) -> Path:
+        return self.folder / "results.json"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "locust.log"
+
+
+@dataclass
+class LoadtestSummary:
+    scenario: str
+    users: int
+    duration_s: int
+    run_id: str
+    folder: Path
+    items: list[ItemSpec]
+    endpoints: list[EndpointStats]
+    results: ScenarioResults
+    tallies: list[ItemTally]
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    @property
+    def requests(self) -> int:
+        return sum(entry.requests for entry in self.endpoints)
+
+    @property
+    def stock(self) -> int:
+        return sum(item.stock for item in self.items)
+
+    @property
+    def confirmed_units(self) -> int:
+        return sum(tally.confirmed_units for tally in self.tallies)
+
+    @property
+    def rejected(self) -> int:
+        return sum(tally.rejected for tally in self.tallies)
+
+    @property
+    def requests_per_s(self) -> float:
+        """Over the run time; the few seconds users get to finish are left out."""
+        return self.requests / self.duration_s
+
+    @property
+    def unanswered(self) -> int:
+        """Requests that got no HTTP answer: a client timeout or a connection error."""
+        return sum(
+            count
+            for counts in self.results.answers.values()
+            for label, count in counts.items()
+            if label in NO_ANSWER
+        )
+
+    def buy_latency_ms(self, fraction: float) -> float:
+        buys = [entry for entry in self.endpoints if entry.name.startswith(BUY_PREFIX)]
+        return percentile_ms(merge(buys), fraction)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "scenario": self.scenario,
+            "users": self.users,
+            "duration_s": self.duration_s,
+            "run_id": self.run_id,
+            "folder": str(self.folder),
+            "requests": self.requests,
+            "requests_per_s": round(self.requests_per_s, 1),
+            "buyers": self.results.buyers,
+            "answers": self.results.answers,
+            "unanswered": self.unanswered,
+            "accepted": len(set(self.results.accepted)),
+            "finals_polled": self.results.finals,
+            "stock": self.stock,
+            "confirmed_units": self.confirmed_units,
+            "rejected": self.rejected,
+            "buy_p50_ms": self.buy_latency_ms(0.50),
+            "buy_p99_ms": self.buy_latency_ms(0.99),
+            "violations": self.violations,
+            "ok": self.ok,
+        }
+
+
+def run_loadtest(
+    target: Target, scenario: str, users: int, duration_s: int, runs_dir: Path, progress: Progress
+) -> LoadtestSummary:
+    run_id = secrets.token_hex(3)
+    items = plan_items(scenario, run_id)
+    files = RunFiles(runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario}-{run_id}")
+    files.folder.mkdir(parents=True, exist_ok=True)
+    progress.phase(f"putting {len(items)} item(s) on sale")
+    for item in items:
+        put_item(target, item)
+    params = ScenarioParams(target.gateway_url, target.secret, run_id, items, str(files.results))
+    run_locust(scenario, params, users, duration_s, files, progress)
+    endpoints, results = read_outputs(files)
+    progress.phase(
+        f"waiting (at most {FINAL_BOUND_S:.0f} s) for {len(set(results.accepted))} accepted "
+        "purchases to be final, then checking the invariants"
+    )
+    report = judge(target.database_url, results, expectations(scenario, params, results))
+    return LoadtestSummary(
+        scenario=scenario,
+        users=users,
+        duration_s=duration_s,
+        run_id=run_id,
+        folder=files.folder,
+        items=list(items),
+        endpoints=endpoints,
+        results=results,
+        tallies=report.items,
+        violations=[*report.violations, *answer_violations(results)],
+    )
+
+
+def put_item(target: Target, item: ItemSpec) -> None:
+    request = urllib.request.Request(
+        f"{target.gateway_url}/v1/items/{item.item_id}",
+        data=json.dumps({"stock": item.stock, "per_user_limit": item.per_user_limit}).encode(),
+        headers={
+            "Authorization": f"Bearer {target.admin_token}",
+            "Content-Type": "application/json",
+        },
+        method="PUT",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT_S) as response:
+            response.read()
+    except (urllib.error.URLError, TimeoutError) as exc:
+        raise LoadtestError(f"the gateway did not create item {item.item_id}") from exc
+
+
+def locust_command(
+    params: ScenarioParams, scenario: str, users: int, duration_s: int, files: RunFiles
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile_path(scenario)),
+        "--headless",
+        "--host",
+        params.gateway_url,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(users),  # every user within the first second: a spike, not a ramp
+        "--run-time",
+        f"{duration_s}s",
+        "--stop-timeout",
+        str(STOP_TIMEOUT_S),
+        "--json-file",
+        str(files.stats_base),
+        "--csv",
+        str(files.stats_base),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+    ]
+
+
+def locust_env(params: ScenarioParams) -> dict[str, str]:
+    # Locust reads LOCUST_* variables as options: the scenario decides them, not the shell.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+    env.update(params.to_env())
+    return env
+
+
+def run_locust(
+    scenario: str,
+    params: ScenarioParams,
+    users: int,
+    duration_s: int,
+    files: RunFiles,
+    progress: Progress,
+) -> None:
+    command = locust_command(params, scenario, users, duration_s, files)
+    deadline_s = START_ALLOWANCE_S + duration_s + STOP_TIMEOUT_S
+    progress.phase(f"{scenario}: {users} Locust users for {duration_s} s")
+    with files.log.open("w") as log:
+        child = subprocess.Popen(
+            command,
+            cwd=files.folder,  # so that no locust.conf or pyproject.toml of the caller applies
+            env=locust_env(params),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C of ours is handled by us, once
+        )
+        try:
+            _watch(child, duration_s, deadline_s, progress)
+        finally:
+            _stop(child)
+    if child.returncode not in (0, 1):  # 1: Locust saw failures, which we judge ourselves
+        raise LoadtestError(
+            f"locust exited with {child.returncode}; its log ({files.log}):\n{_tail(files.log)}"
+        )
+
+
+def _watch(
+    child: subprocess.Popen[bytes], duration_s: int, deadline_s: float, progress: Progress
+) -> None:
+    started = time.monotonic()
+    while child.poll() is None:
+        elapsed = time.monotonic() - started
+        if elapsed > deadline_s:
+            raise LoadtestError(f"locust still running after {deadline_s:.0f} s; stopped it")
+        progress.load(min(elapsed, float(duration_s)), float(duration_s))
+        time.sleep(POLL_S)
+    progress.load(float(duration_s), float(duration_s))
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM lets Locust stop its users and write its reports; SIGKILL if it hangs."""
+    if child.poll() is not None:
+        return
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=TERMINATE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def read_outputs(files: RunFiles) -> tuple[list[EndpointStats], ScenarioResults]:
+    missing = [p for p in (files.stats_json, files.results) if not p.exists()]
+    if missing:
+        raise LoadtestError(
+            f"locust wrote no {', '.join(p.name for p in missing)}; its log:\n{_tail(files.log)}"
+        )
+    endpoints, results = load_stats(files.stats_json), ScenarioResults.load(files.results)
+    if not any(entry.requests for entry in endpoints):
+        raise LoadtestError(f"locust sent no request; its log ({files.log}):\n{_tail(files.log)}")
+    return endpoints, results
+
+
+def expectations(
+    scenario: str, params: ScenarioParams, results: ScenarioResults
+) -> SaleExpectations:
+    keys = {(k.user_id, k.key): k.purchase_ids for k in results.keys}
+    if scenario != "abusive":
+        return SaleExpectations(stock={i.item_id: i.stock for i in params.items}, keys=keys)
+    return SaleExpectations(
+        stock={i.item_id: i.stock for i in params.items},
+        keys=keys,
+        untouched_user_prefixes=(params.user_prefix("x"),),
+        untouched_items=tuple(i.item_id for i in params.items if i.weight == 0),
+    )
+
+
+def judge(
+    database_url: str, results: ScenarioResults, expected: SaleExpectations
+) -> InvariantReport:
+    try:
+        return asyncio.run(check_sale(database_url, results.accepted, expected, FINAL_BOUND_S))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise LoadtestError("could not read Postgres to check the invariants") from exc
+
+
+def answer_violations(results: ScenarioResults) -> list[str]:
+    """Answers a scenario forbids (counted in the locustfile), as violations."""
+    if not results.broken_rules:
+        return []
+    counts = ", ".join(f"{rule}: {n}" for rule, n in sorted(results.broken_rules.items()))
+    lines = [f"ANSWER: {sum(results.broken_rules.values())} answers broke a rule ({counts})"]
+    lines.extend(f"  e.g. {example}" for example in results.examples[:5])
+    return lines

@@ -1,0 +1,84 @@
+"""The pure parts of `flashsale loadtest`: plans, parameters, results files, percentiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtests.locust_stats import EndpointStats, merge, percentile_ms
+from loadtests.plans import DEFAULT_USERS, MULTI_ITEM_COUNT, plan_items
+from loadtests.runner import answer_violations
+from loadtests.scenarios import SCENARIOS, locustfile_path
+from loadtests.scenarios.params import ScenarioParams
+from loadtests.scenarios.results import KeyAnswers, ScenarioResults
+from services.tokens import valid_user_id
+
+
+def test_every_scenario_has_a_locustfile_a_plan_and_a_default() -> None:
+    for scenario in SCENARIOS:
+        assert locustfile_path(scenario).is_file()
+        assert plan_items(scenario, "abc123")
+        assert DEFAULT_USERS[scenario] > 0
+    with pytest.raises(ValueError):
+        locustfile_path("../../etc/passwd")
+
+
+def test_multi_item_popularity_falls_with_rank() -> None:
+    items = plan_items("multi-item", "abc123")
+    assert len(items) == MULTI_ITEM_COUNT
+    weights = [item.weight for item in items]
+    assert weights == sorted(weights, reverse=True) and weights[-1] > 0
+    assert len({item.stock for item in items}) > 3
+
+
+def test_abusive_decoy_is_last_and_never_chosen() -> None:
+    items = plan_items("abusive", "abc123")
+    assert items[-1].weight == 0 and all(item.weight > 0 for item in items[:-1])
+
+
+def test_ids_fit_the_gateway_rules() -> None:
+    params = ScenarioParams("http://127.0.0.1:1", "s", "abc123", plan_items("spike", "abc123"), "")
+    assert valid_user_id(params.user_prefix("hammer") + "0" * 16)
+    for scenario in SCENARIOS:
+        for item in plan_items(scenario, "abc123"):
+            assert len(item.item_id) <= 64
+
+
+def test_params_travel_through_the_environment() -> None:
+    params = ScenarioParams(
+        "http://127.0.0.1:8080", "secret", "abc123", plan_items("multi-item", "abc123"), "/r.json"
+    )
+    assert ScenarioParams.from_env(params.to_env()) == params
+    with pytest.raises(KeyError, match="flashsale loadtest"):
+        ScenarioParams.from_env({})
+
+
+def test_results_file_round_trips(tmp_path: Path) -> None:
+    results = ScenarioResults(
+        answers={"POST /v1/purchases": {"202": 3, "409": 7}},
+        accepted=["p_1", "p_2", "p_3"],
+        keys=[KeyAnswers("u", "k", ("p_1",))],
+        finals={"confirmed": 3},
+        broken_rules={"bad input: x -> 500": 1},
+        examples=["bad input: x: must be 4xx"],
+        buyers=10,
+    )
+    path = tmp_path / "results.json"
+    results.save(path)
+    assert ScenarioResults.load(path) == results
+    assert any("bad input: x -> 500: 1" in line for line in answer_violations(results))
+    assert answer_violations(ScenarioResults()) == []
+
+
+def test_percentiles_follow_locust_histograms() -> None:
+    assert percentile_ms({}, 0.5) == 0.0
+    histogram = {10: 50, 20: 40, 300: 9, 2000: 1}
+    assert percentile_ms(histogram, 0.5) == 10.0
+    assert percentile_ms(histogram, 0.9) == 20.0
+    assert percentile_ms(histogram, 0.99) == 300.0
+    assert percentile_ms(histogram, 1.0) == 2000.0
+    merged = merge(
+        [EndpointStats("a", "POST", 2, 0, {5: 2}), EndpointStats("b", "POST", 1, 0, {5: 1})]
+    )
+    assert merged == {5: 3}
