@@ -92,8 +92,9 @@ class EmbeddedStack:
             progress("waiting for consumers to own every partition")
             wait_for_consumers(self.settings, list(self.consumer_pids))
 
-    def add_consumer(self, name: str) -> int:
-        pid = start_consumer(self.settings, self.log_dir, name)
+    def add_consumer(self, name: str, failpoint: str = "") -> int:
+        """Start one more consumer; `failpoint` (tests only) makes it die at that step."""
+        pid = start_consumer(self.settings.replace(failpoint=failpoint), self.log_dir, name)
         self.consumer_pids[name] = pid
         return pid
 
