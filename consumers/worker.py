@@ -223,11 +223,8 @@ class PurchaseConsumer:
         except UnavailableError as exc:
             # The reconciler settles these later from Postgres' final states.
             log.warning("settling %d reservations failed: %s", len(settlements), exc)
-        try:
-            # Kafka's committed offset only feeds lag metrics: the truth is in Postgres.
-            await self.kafka.commit({tp: result.next_offset})
-        except KafkaError as exc:
-            log.debug("kafka offset commit failed: %s", exc)
+        # No Kafka offset commit: the offset lives in Postgres with the orders, and
+        # the group coordinator's retries after a broker restart would only stall us.
 
 
 def _decode(messages: list[KafkaRecord]) -> list[Record]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Callable
@@ -277,6 +278,37 @@ def demo(buyers: int, stock: int, consumer_count: int) -> None:
 
     ok = run_demo(buyers=buyers, stock=stock, consumers=consumer_count, console=Console())
     sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option(
+    "--duration",
+    type=click.FloatRange(10, 3600),
+    default=30.0,
+    show_default=True,
+    envvar="FLASHSALE_CHAOS_DURATION",
+    show_envvar=True,
+    help="Seconds of buying while faults are injected.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    envvar="FLASHSALE_CHAOS_SEED",
+    show_envvar=True,
+    help="Seed of the fault schedule (default: random, printed so it can be replayed).",
+)
+def chaos(duration: float, seed: int | None) -> None:
+    """Run a sale on a fresh stack under a random schedule of faults, then check invariants.
+
+    Faults: kill -9 of a consumer, SIGSTOP of a consumer past its session timeout,
+    broker restart (its log is lost), Redis restart (its data is lost), Postgres
+    restart. Exit 1 when an invariant broke; the schedule is printed first.
+    """
+    from infra.chaos import run_chaos  # noqa: PLC0415
+
+    chosen = seed if seed is not None else secrets.randbelow(1_000_000)
+    sys.exit(0 if run_chaos(duration, chosen, Console()) else 1)
 
 
 main.add_command(loadtest)

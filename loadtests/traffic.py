@@ -75,9 +75,12 @@ async def run_traffic(
     rate_per_s: float,
     stop: asyncio.Event | None = None,
     seed: int = 0,
+    outcome: TrafficOutcome | None = None,
 ) -> TrafficOutcome:
-    """Start a buyer every 1/rate seconds for `duration_s`, then wait for every buyer."""
-    outcome = TrafficOutcome()
+    """Start a buyer every 1/rate seconds for `duration_s`, then wait for every buyer.
+
+    Pass `outcome` to watch the answers while the traffic runs."""
+    outcome = TrafficOutcome() if outcome is None else outcome
     rng = random.Random(seed)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as group:
