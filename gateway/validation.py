@@ -55,6 +55,8 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
 
 def _integer(body: dict[str, Any], field: str, low: int, high: int = MAX_INT) -> int:
     value = body[field]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 3.0 is the integer 3
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(422, "invalid_body", f"{field} must be an integer")
     if not low <= value <= high:

@@ -122,3 +122,33 @@ async def _filter_units(fault_stack: FaultStack, item_id: str) -> int | None:
     async with open_core(fault_stack.settings) as core:
         levels = await core.stock.shard_levels(item_id)
     return None if None in levels else sum(level or 0 for level in levels)
+
+
+async def test_purchases_fail_closed_while_redis_is_down(fault_stack: FaultStack) -> None:
+    (item_id,) = await fault_stack.create_items(count=1, stock=10)
+    target = fault_stack.target
+    headers = {
+        "Authorization": f"Bearer {issue_token(target.secret, 'closed', 3600)}",
+        "Idempotency-Key": uuid.uuid4().hex,
+    }
+    url = f"{target.gateway_url}/v1/purchases"
+    redis = fault_stack.stack.redis
+    for node in redis.nodes:
+        node.kill()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            async with http.post(url, json={"item_id": item_id}, headers=headers) as response:
+                assert response.status == 503
+                assert (await response.json())["error"] == "unavailable"
+            async with http.get(f"{target.gateway_url}/readyz") as response:
+                assert response.status == 503
+    finally:
+        for node in redis.nodes:
+            node.start()
+    async with aiohttp.ClientSession() as http:
+
+        async def admitted() -> bool:
+            async with http.post(url, json={"item_id": item_id}, headers=headers) as response:
+                return response.status == 202
+
+        assert await wait_for(admitted, timeout_s=20, interval_s=0.3)
