@@ -59,6 +59,16 @@ def test_up_detach_then_down_leaves_nothing_running(state_root: Path) -> None:
         token = run("token", "alice", state_dir=state_dir)
         assert token.returncode == 0 and token.stdout.count(".") == 2
 
+        grown = run("consumers", "scale", "3", state_dir=state_dir)
+        assert grown.returncode == 0, grown.stderr
+        scaled = json.loads((state_dir / "stack.json").read_text())["pids"]["consumers"]
+        assert len(scaled) == 3 and all(pid_alive(pid) for pid in scaled)
+        shrunk = run("consumers", "scale", "1", state_dir=state_dir)
+        assert shrunk.returncode == 0, shrunk.stderr
+        remaining = json.loads((state_dir / "stack.json").read_text())["pids"]["consumers"]
+        assert len(remaining) == 1 and not any(pid_alive(p) for p in set(scaled) - set(remaining))
+        every_pid += scaled
+
         status = run("status", state_dir=state_dir)
         assert status.returncode == 0, status.stderr
         assert "partitions" in status.stdout and "consumer-" in status.stdout
