@@ -16,6 +16,7 @@ from click.decorators import FC
 from rich.console import Console
 
 from infra import status as status_view
+from infra.bench_command import bench
 from infra.loadtest_command import loadtest
 from infra.stack import EmbeddedStack, stack_is_running, stop_from_file
 from infra.stackfile import StackFile
@@ -312,6 +313,7 @@ def chaos(duration: float, seed: int | None) -> None:
 
 
 main.add_command(loadtest)
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

@@ -131,9 +131,9 @@ class EmbeddedPostgres:
                 "-c listen_addresses=127.0.0.1",
                 f"-c unix_socket_directories={self.data_dir}",
                 f"-c fsync={'on' if self.fsync else 'off'}",
-            # Commits stay synchronous even in tests: a crashed server must not
-            # forget a batch the consumer already settled in Redis.
-            "-c synchronous_commit=on",
+                # Commits stay synchronous even in tests: a crashed server must not
+                # forget a batch the consumer already settled in Redis.
+                "-c synchronous_commit=on",
                 f"-c full_page_writes={'on' if self.fsync else 'off'}",
                 "-c max_connections=300",
                 "-c shared_buffers=128MB",

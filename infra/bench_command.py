@@ -1,0 +1,311 @@
+"""`flashsale bench`: the side-by-side benchmark, on a fresh stack it starts and stops itself.
+
+The main developer registers it with `main.add_command(bench)` in infra/cli.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+import uvloop
+from rich import box
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+
+from infra.stack import EmbeddedStack
+from loadtests.bench.report import BenchResults, machine_description, report_json
+from loadtests.bench.runner import BenchConfig, StackAccess, run_bench
+from services.errors import FlashsaleError
+from services.settings import Settings
+
+DEFAULT_REQUESTS = 50_000
+DEFAULT_STOCK = 100
+DEFAULT_CONCURRENCY = 256
+DEFAULT_CLIENTS = 2
+DEFAULT_CONSUMERS = 2
+# Every simulated buyer comes from 127.0.0.1: with the per-address default of
+# the gateway, most requests would measure the 429 path. The limiter still runs.
+BENCH_CLIENT_RATE = "1000000/second"
+SYSTEMS = ("flashsale", "redis_lock", "redis_lock_queued", "postgres_row", "bare_http")
+
+
+@click.command()
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object on stdout (see api.md)."
+)
+@click.option(
+    "--requests",
+    type=click.IntRange(10, 1_000_000),
+    default=DEFAULT_REQUESTS,
+    show_default=True,
+    envvar="FLASHSALE_BENCH_REQUESTS",
+    show_envvar=True,
+    help="Purchase requests sent to each system, one buyer each.",
+)
+@click.option(
+    "--stock",
+    type=click.IntRange(1, 1_000_000),
+    default=DEFAULT_STOCK,
+    show_default=True,
+    envvar="FLASHSALE_BENCH_STOCK",
+    show_envvar=True,
+    help="Units on sale in each system's flash sale.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 4096),
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    envvar="FLASHSALE_BENCH_CONCURRENCY",
+    show_envvar=True,
+    help="Requests in flight at once (open connections), the same for every system.",
+)
+@click.option(
+    "--clients",
+    type=click.IntRange(1, 16),
+    default=DEFAULT_CLIENTS,
+    show_default=True,
+    envvar="FLASHSALE_BENCH_CLIENTS",
+    show_envvar=True,
+    help="Load-generator processes sharing the requests and the connections.",
+)
+@click.option(
+    "--consumers",
+    type=click.IntRange(1, 64),
+    default=DEFAULT_CONSUMERS,
+    show_default=True,
+    envvar="FLASHSALE_BENCH_CONSUMERS",
+    show_envvar=True,
+    help="flashsale consumer processes.",
+)
+def bench(
+    as_json: bool, requests: int, stock: int, concurrency: int, clients: int, consumers: int
+) -> None:
+    """Run the side-by-side benchmark on a fresh embedded stack, then stop it all.
+
+    The same load generator sends REQUESTS purchases (one buyer each,
+    CONCURRENCY in flight) for STOCK units to each system in turn:
+
+    \b
+      flashsale     the real gateway and consumers (Redis filter, Kafka, Postgres)
+      redis_lock    SET NX PX lock per item around read/insert/update in Postgres
+      redis_lock_queued  the same, with a process's requests queued locally first
+      postgres_row  one conditional UPDATE on the item row per request
+      bare_http     aiohttp answering 202 with no I/O: the ceiling
+
+    Then: flashsale and postgres_row with stock for everyone (open_stock);
+    a lock holder and a consumer stalled past their lease (lock_under_pause);
+    the consumer's apply rate, batched and one purchase per transaction
+    (apply).
+
+    The gateway's per-address rate limit is raised for the run (every buyer
+    comes from 127.0.0.1); the limiter still runs. Progress goes to stderr;
+    with --json stdout holds exactly one JSON object.
+    The systems run one after the other in the same run, so compare the ratios
+    more than the absolute figures on a busy machine.
+    """
+    console = Console(stderr=True)
+    machine = machine_description()
+    config = _Config(requests, stock, concurrency, clients, consumers)
+    try:
+        results = _run(config, console)
+    except FlashsaleError as exc:
+        _fail(console, exc)
+    report = report_json(results, machine)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        out = Console()
+        for table in _tables(report):
+            out.print(table)
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    requests: int
+    stock: int
+    concurrency: int
+    clients: int
+    consumers: int
+
+
+def _run(config: _Config, console: Console) -> BenchResults:
+    """Start the stack in a temporary folder, run every phase, stop everything."""
+    settings = Settings.from_env(
+        gateway_port=0, postgres_fsync=False, client_rate=BENCH_CLIENT_RATE
+    )
+    root = Path(tempfile.mkdtemp(prefix="flashsale-bench-"))
+    stack = EmbeddedStack(root, settings)
+    failed = True
+    try:
+        with _sigterm_as_interrupt(), console.status("starting the embedded stack") as status:
+            say = _progress(console, status)
+            stack.start_services(say)
+            stack.start_processes(config.consumers, say)
+            results = uvloop.run(run_bench(_access(stack), _bench_config(config, stack), say))
+        failed = False
+        return results
+    except KeyboardInterrupt:
+        failed = False  # asked to stop: nothing to investigate
+        raise
+    finally:
+        with _signals_ignored(), console.status("stopping everything the bench started"):
+            stack.stop()
+        _clean(root, keep_logs=failed, console=console)
+
+
+def _access(stack: EmbeddedStack) -> StackAccess:
+    settings = stack.settings
+    return StackAccess(
+        gateway_url=f"http://127.0.0.1:{settings.gateway_port}",
+        admin_token=settings.admin_token,
+        secret=settings.secret,
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+    )
+
+
+def _bench_config(config: _Config, stack: EmbeddedStack) -> BenchConfig:
+    return BenchConfig(
+        requests=config.requests,
+        stock=config.stock,
+        concurrency=config.concurrency,
+        clients=config.clients,
+        log_dir=stack.log_dir,
+    )
+
+
+def _progress(console: Console, status: Status) -> Callable[[str], None]:
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {message}")
+        status.update(message)
+
+    return say
+
+
+def _clean(root: Path, keep_logs: bool, console: Console) -> None:
+    """Remove the temporary stack; after a failure keep its logs (not Postgres' data)."""
+    if not keep_logs:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    shutil.rmtree(root / "postgres" / "pgdata", ignore_errors=True)
+    console.print(f"[yellow]logs kept in {root}[/yellow]")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM both take the Ctrl-C path (KeyboardInterrupt, or the event
+    loop cancelling the run), so the same cleanup runs. SIGINT is set explicitly:
+    a shell starts background jobs with it ignored."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C must not cut the cleanup short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fail(console: Console, exc: BaseException) -> NoReturn:
+    console.print(f"[bold red]bench failed:[/bold red] {exc}")
+    cause = exc.__cause__
+    while cause is not None:
+        console.print(f"  [red]caused by:[/red] {type(cause).__name__}: {cause}")
+        cause = cause.__cause__
+    sys.exit(1)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        decimals = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+        return f"{value:,.{decimals}f}"
+    return str(value)
+
+
+def _tables(report: dict[str, Any]) -> list[Table]:
+    return [_systems_table(report), _phases_table(report)]
+
+
+def _systems_table(report: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"{report['requests']:,} buyers, {report['stock']} units, same load for each",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("system", no_wrap=True)
+    for column in ("answered/s", "p50 ms", "p99 ms", "sellout s", "sold", "oversold"):
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    for name in SYSTEMS:
+        figures = report["systems"][name]
+        table.add_row(
+            name,
+            *(
+                _cell(figures.get(key))
+                for key in (
+                    "answered_per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "sellout_s",
+                    "confirmed",
+                    "oversold",
+                )
+            ),
+        )
+    return table
+
+
+def _phases_table(report: dict[str, Any]) -> Table:
+    table = Table(
+        title="other phases and ratios",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption=report["machine"],
+    )
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", justify="right")
+    open_stock, apply, pause = report["open_stock"], report["apply"], report["lock_under_pause"]
+    rows = [
+        ("open_stock admitted/s", open_stock["admitted_per_s"]),
+        ("open_stock p99 ms", open_stock["p99_ms"]),
+        ("open_stock postgres_row sold/s", open_stock["postgres_row_sold_per_s"]),
+        ("apply batched records/s", apply["batched_per_s"]),
+        ("apply one-by-one records/s", apply["one_by_one_per_s"]),
+        ("lock_under_pause redis_lock oversold", pause["redis_lock_oversold"]),
+        ("lock_under_pause flashsale oversold", pause["flashsale_oversold"]),
+        *((f"ratio {name}", ratio) for name, ratio in report["ratios"].items()),
+    ]
+    for label, value in rows:
+        table.add_row(label, _cell(value))
+    return table

@@ -1,0 +1,323 @@
+"""The load generator: the same purchase requests, spread over client processes.
+
+One aiohttp client process tops out at a few thousand requests per second on a
+small machine, so a run's requests are split over `clients` processes, each
+with its own event loop and its share of the connections. They start together:
+each one signs its tokens, says `ready`, and waits for the parent's `go`. The
+run's window is from the earliest start to the latest finish (wall clock).
+
+Run as `python -m loadtests.bench.loadgen`: per run, one shard plan (a JSON
+line) on stdin, then `go`; it answers `ready`, then its result (a JSON line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+import uvloop
+
+from loadtests.bench.errors import BenchError
+from services.tokens import issue_token
+
+REQUEST_TIMEOUT_S = 30.0
+TOKEN_TTL_S = 3600
+READY_TIMEOUT_S = 60.0
+# Past the run's own time bound: how long to wait for a client's result.
+RESULT_GRACE_S = REQUEST_TIMEOUT_S + 30.0
+NO_ANSWER = 0  # status recorded for a connection error or a client timeout
+READY = b"ready\n"
+RESULT_LIMIT_BYTES = 1 << 26  # a result line carries every latency of a shard
+GO = b"go\n"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPlan:
+    """What every system gets: `requests` purchases, one per buyer, `concurrency` in flight."""
+
+    purchases_url: str
+    item_id: str
+    secret: str
+    buyer_prefix: str
+    requests: int
+    concurrency: int
+    clients: int
+    run_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShardPlan:
+    """One client process's part of a run."""
+
+    purchases_url: str
+    item_id: str
+    secret: str
+    buyer_prefix: str
+    first_buyer: int
+    count: int
+    concurrency: int
+    run_timeout_s: float
+
+
+@dataclass(slots=True)
+class ShardResult:
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    requests: int
+    started_at: float  # wall clock (time.time()), comparable with Postgres' clock
+    elapsed_s: float
+    latencies_s: tuple[float, ...]  # of answered requests, sorted
+    statuses: dict[int, int]
+
+    @property
+    def answered(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != NO_ANSWER)
+
+    @property
+    def answered_per_s(self) -> float:
+        return self.answered / max(self.elapsed_s, 1e-9)
+
+    def count(self, status: int) -> int:
+        return self.statuses.get(status, 0)
+
+    def percentile_ms(self, fraction: float) -> float:
+        if not self.latencies_s:
+            return 0.0
+        index = min(int(fraction * len(self.latencies_s)), len(self.latencies_s) - 1)
+        return self.latencies_s[index] * 1000
+
+
+# ---- parent side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadClients:
+    """The client processes of a bench, reused run after run (started once: an
+    aiohttp import costs a second on a busy 2-core machine)."""
+
+    processes: tuple[asyncio.subprocess.Process, ...]
+
+    async def drive(self, plan: LoadPlan) -> LoadResult:
+        """Send the plan's requests from up to `plan.clients` processes; merge what they saw."""
+        shards = split(plan, len(self.processes))
+        active = self.processes[: len(shards)]
+        for process, shard in zip(active, shards, strict=True):
+            await _send_line(process, json.dumps(asdict(shard)).encode() + b"\n")
+        for process in active:
+            await _expect_ready(process)
+        for process in active:
+            await _send_line(process, GO)
+        results = await asyncio.gather(
+            *(_result(process, plan.run_timeout_s + RESULT_GRACE_S) for process in active)
+        )
+        return merge(plan.requests, results)
+
+
+@contextlib.asynccontextmanager
+async def load_clients(count: int, log_path: Path) -> AsyncIterator[LoadClients]:
+    """`count` client processes, all killed on exit whatever happens."""
+    await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        processes = []
+        for _ in range(count):
+            process = await _spawn_client(log_path)
+            stack.push_async_callback(_stop, process)
+            processes.append(process)
+        yield LoadClients(tuple(processes))
+
+
+def split(plan: LoadPlan, available: int) -> list[ShardPlan]:
+    clients = max(1, min(plan.clients, available, plan.requests, plan.concurrency))
+    shards = []
+    first = 0
+    for index in range(clients):
+        count = plan.requests // clients + (1 if index < plan.requests % clients else 0)
+        concurrency = plan.concurrency // clients + (1 if index < plan.concurrency % clients else 0)
+        shards.append(
+            ShardPlan(
+                plan.purchases_url,
+                plan.item_id,
+                plan.secret,
+                plan.buyer_prefix,
+                first,
+                count,
+                concurrency,
+                plan.run_timeout_s,
+            )
+        )
+        first += count
+    return shards
+
+
+async def _spawn_client(log_path: Path) -> asyncio.subprocess.Process:
+    log = await asyncio.to_thread(log_path.open, "ab")
+    with log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "loadtests.bench.loadgen",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            limit=RESULT_LIMIT_BYTES,
+            # Its own session: a Ctrl-C reaches only us, and we stop it here.
+            start_new_session=True,
+        )
+
+
+async def _send_line(process: asyncio.subprocess.Process, line: bytes) -> None:
+    assert process.stdin is not None
+    process.stdin.write(line)
+    await process.stdin.drain()
+
+
+async def _expect_ready(process: asyncio.subprocess.Process) -> None:
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise BenchError(f"client process {process.pid} not ready in {READY_TIMEOUT_S}s") from exc
+    if line != READY:
+        raise BenchError(f"client process {process.pid} failed (see bench-clients.log)")
+
+
+async def _result(process: asyncio.subprocess.Process, timeout_s: float) -> ShardResult:
+    assert process.stdout is not None
+    try:
+        raw = await asyncio.wait_for(process.stdout.readline(), timeout_s)
+    except TimeoutError as exc:
+        raise BenchError(f"client process {process.pid} did not report in {timeout_s}s") from exc
+    try:
+        data = json.loads(raw)
+        return ShardResult(
+            started_at=float(data["started_at"]),
+            finished_at=float(data["finished_at"]),
+            latencies_s=[float(x) for x in data["latencies_s"]],
+            statuses=Counter({int(k): int(v) for k, v in data["statuses"].items()}),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"client process {process.pid} sent no result (see its log)") from exc
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()  # a client holds nothing worth a graceful stop
+    await process.wait()
+
+
+def merge(requests: int, results: list[ShardResult]) -> LoadResult:
+    started = min(r.started_at for r in results)
+    finished = max(r.finished_at for r in results)
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    for result in results:
+        statuses.update(result.statuses)
+        latencies.extend(result.latencies_s)
+    return LoadResult(
+        requests=requests,
+        started_at=started,
+        elapsed_s=finished - started,
+        latencies_s=tuple(sorted(latencies)),
+        statuses=dict(statuses),
+    )
+
+
+# ---- client process ------------------------------------------------------------------
+
+
+def main() -> None:
+    """Entry point of a client process: one run per plan line, until stdin closes."""
+    for line in sys.stdin.buffer:
+        shard = ShardPlan(**json.loads(line))
+        headers = _headers(shard)
+        sys.stdout.buffer.write(READY)
+        sys.stdout.buffer.flush()
+        if sys.stdin.buffer.readline() != GO:
+            return  # the parent gave up before the start
+        result = uvloop.run(_send_all(shard, headers))
+        report = {
+            "started_at": result.started_at,
+            "finished_at": result.finished_at,
+            "latencies_s": result.latencies_s,
+            "statuses": {str(status): n for status, n in result.statuses.items()},
+        }
+        sys.stdout.buffer.write(json.dumps(report).encode() + b"\n")
+        sys.stdout.buffer.flush()
+
+
+def _headers(shard: ShardPlan) -> list[dict[str, str]]:
+    """Signed before the clock starts: one buyer and one idempotency key per request."""
+    headers = []
+    for buyer in range(shard.first_buyer, shard.first_buyer + shard.count):
+        token = issue_token(shard.secret, f"{shard.buyer_prefix}-{buyer}", TOKEN_TTL_S)
+        headers.append(
+            {
+                "Authorization": f"Bearer {token}",
+                "Idempotency-Key": f"k-{buyer}",
+                "Content-Type": "application/json",
+            }
+        )
+    return headers
+
+
+async def _send_all(shard: ShardPlan, headers: list[dict[str, str]]) -> ShardResult:
+    body = json.dumps({"item_id": shard.item_id, "quantity": 1}).encode()
+    result = ShardResult()
+    connector = aiohttp.TCPConnector(limit=shard.concurrency)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        pending = iter(headers)
+        result.started_at = time.time()
+        # Requests still unsent when the run's time is up count as unanswered.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(shard.run_timeout_s), asyncio.TaskGroup() as group:
+                for _ in range(min(shard.concurrency, shard.count)):
+                    group.create_task(
+                        _send_each(session, shard.purchases_url, body, pending, result)
+                    )
+        result.finished_at = time.time()
+    unsent = shard.count - sum(result.statuses.values())
+    if unsent:
+        result.statuses[NO_ANSWER] += unsent
+    return result
+
+
+async def _send_each(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    pending: Iterator[dict[str, str]],
+    result: ShardResult,
+) -> None:
+    """One connection's worth of work: take the next request until none is left."""
+    for headers in pending:
+        started = time.perf_counter()
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError):
+            result.statuses[NO_ANSWER] += 1
+            continue
+        result.latencies_s.append(time.perf_counter() - started)
+        result.statuses[status] += 1
+
+
+if __name__ == "__main__":
+    main()

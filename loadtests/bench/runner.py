@@ -1,0 +1,213 @@
+"""One bench run: every system under the same load, then the pause and apply phases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import asyncpg
+
+from loadtests.bench.apply import measure_apply
+from loadtests.bench.baselines import (
+    BARE_HTTP,
+    POSTGRES_ROW,
+    REDIS_LOCK,
+    BaselineConfig,
+    load_queries,
+)
+from loadtests.bench.loadgen import LoadClients, LoadPlan, LoadResult, load_clients
+from loadtests.bench.pause import (
+    PAUSE_LOCK_TTL_MS,
+    PAUSE_MS,
+    PAUSE_REQUESTS,
+    PAUSE_STOCK,
+    flashsale_under_pause,
+)
+from loadtests.bench.report import ADMITTED, BenchResults, SystemRun
+from loadtests.bench.servers import RunningServer, baseline_servers
+from loadtests.bench.systems import BareSystem, BaselineSystem, FlashsaleSystem, SaleSystem
+from loadtests.sale import SaleTarget
+from services.store.db import open_pool
+
+Progress = Callable[[str], None]
+
+FLASHSALE = "flashsale"
+REDIS_LOCK_QUEUED = "redis_lock_queued"
+REDIS_LOCK_PAUSED = "redis_lock_paused"
+
+POOL_SIZE = 10
+# Bounds on every phase, so that a stuck system ends the run instead of hanging it.
+RUN_TIMEOUT_S = 600.0
+SETTLE_TIMEOUT_S = 120.0
+WARMUP_MAX_REQUESTS = 500
+APPLY_MAX_RECORDS = 10_000
+ONE_BY_ONE_MAX_RECORDS = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class StackAccess:
+    """Where the flashsale stack under test answers (the caller started it)."""
+
+    gateway_url: str
+    admin_token: str
+    secret: str
+    database_url: str
+    redis_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    requests: int
+    stock: int
+    concurrency: int
+    clients: int
+    log_dir: Path
+    run_timeout_s: float = RUN_TIMEOUT_S
+    settle_timeout_s: float = SETTLE_TIMEOUT_S
+
+
+@dataclass(frozen=True, slots=True)
+class Bench:
+    """What every phase needs: the client processes, the config, the token secret, Postgres."""
+
+    clients: LoadClients
+    config: BenchConfig
+    secret: str
+    pool: asyncpg.Pool
+
+    def plan(self, system: SaleSystem, item_id: str, buyers: str, requests: int) -> LoadPlan:
+        return LoadPlan(
+            purchases_url=system.purchases_url,
+            item_id=item_id,
+            secret=self.secret,
+            buyer_prefix=buyers,
+            requests=requests,
+            concurrency=self.config.concurrency,
+            clients=self.config.clients,
+            run_timeout_s=self.config.run_timeout_s,
+        )
+
+    async def drive(self, plan: LoadPlan) -> LoadResult:
+        return await self.clients.drive(plan)
+
+    async def sale(
+        self, system: SaleSystem, stock: int, requests: int, warm_up: bool = True
+    ) -> SystemRun:
+        """A fresh item, `requests` buyers at once, then what Postgres says."""
+        run = secrets.token_hex(3)
+        if warm_up:
+            await self._warm_up(system, run)
+        item_id = f"bench-{run}"
+        await system.create_item(item_id, stock)
+        load = await self.drive(self.plan(system, item_id, f"b-{run}", requests))
+        await system.settle(item_id, load.count(ADMITTED), self.config.settle_timeout_s)
+        return SystemRun(load, await system.tally(item_id))
+
+    async def _warm_up(self, system: SaleSystem, run: str) -> None:
+        """Open the servers' pools and connections on an item of its own."""
+        requests = max(1, min(WARMUP_MAX_REQUESTS, self.config.requests // 10))
+        item_id = f"bench-{run}-warm"
+        await system.create_item(item_id, max(1, requests // 2))
+        load = await self.drive(self.plan(system, item_id, f"w-{run}", requests))
+        await system.settle(item_id, load.count(ADMITTED), self.config.settle_timeout_s)
+
+
+async def run_bench(stack: StackAccess, config: BenchConfig, progress: Progress) -> BenchResults:
+    """Start the clients and baselines, run every phase, stop them (also on error)."""
+    queries = await asyncio.to_thread(load_queries)
+    async with contextlib.AsyncExitStack() as resources:
+        pool = await open_pool(stack.database_url, POOL_SIZE)
+        resources.push_async_callback(pool.close)
+        await pool.execute(queries["create_tables"])
+        progress(f"starting {config.clients} client processes and the baseline servers")
+        clients = await resources.enter_async_context(
+            load_clients(config.clients, config.log_dir / "bench-clients.log")
+        )
+        servers = await resources.enter_async_context(
+            baseline_servers(_baselines(stack), config.log_dir)
+        )
+        bench = Bench(clients, config, stack.secret, pool)
+        return await _phases(bench, _systems(stack, servers, pool, queries), progress)
+
+
+def _systems(
+    stack: StackAccess,
+    servers: dict[str, RunningServer],
+    pool: asyncpg.Pool,
+    queries: dict[str, str],
+) -> dict[str, SaleSystem]:
+    """In the order they run: the cheapest first, flashsale last."""
+    target = SaleTarget(stack.gateway_url, stack.admin_token, stack.secret)
+    systems: list[SaleSystem] = [
+        BareSystem(servers[BARE_HTTP].url),
+        BaselineSystem(POSTGRES_ROW, servers[POSTGRES_ROW].url, pool, queries, False),
+        BaselineSystem(REDIS_LOCK, servers[REDIS_LOCK].url, pool, queries, True),
+        BaselineSystem(REDIS_LOCK_QUEUED, servers[REDIS_LOCK_QUEUED].url, pool, queries, True),
+        BaselineSystem(REDIS_LOCK_PAUSED, servers[REDIS_LOCK_PAUSED].url, pool, queries, True),
+        FlashsaleSystem(target, pool, queries),
+    ]
+    return {system.name: system for system in systems}
+
+
+async def _phases(bench: Bench, systems: dict[str, SaleSystem], progress: Progress) -> BenchResults:
+    config = bench.config
+    runs: dict[str, SystemRun] = {}
+    for name in (BARE_HTTP, POSTGRES_ROW, REDIS_LOCK, REDIS_LOCK_QUEUED, FLASHSALE):
+        progress(f"{name}: {config.requests} buyers for {config.stock} units")
+        runs[name] = await bench.sale(systems[name], config.stock, config.requests)
+    progress(f"open_stock: {config.requests} buyers for {config.requests} units")
+    open_stock = await bench.sale(systems[FLASHSALE], config.requests, config.requests, False)
+    progress("open_stock: the same on postgres_row, the hot-row ceiling of design.md")
+    open_stock_row = await bench.sale(
+        systems[POSTGRES_ROW], config.requests, config.requests, False
+    )
+    progress("lock_under_pause: lock holders and consumers stalled past their lease")
+    lock_paused = await _lock_under_pause(bench, systems[REDIS_LOCK_PAUSED])
+    flashsale_paused = await flashsale_under_pause(bench.pool, bench.secret)
+    progress("apply: batched vs one purchase per transaction")
+    apply = await measure_apply(
+        bench.pool,
+        bench.secret,
+        min(config.requests, APPLY_MAX_RECORDS),
+        max(1, min(config.requests // 5, ONE_BY_ONE_MAX_RECORDS)),
+    )
+    return BenchResults(
+        requests=config.requests,
+        stock=config.stock,
+        concurrency=config.concurrency,
+        clients=config.clients,
+        systems=runs,
+        open_stock=open_stock,
+        open_stock_row=open_stock_row,
+        lock_paused=lock_paused,
+        flashsale_paused=flashsale_paused,
+        apply=apply,
+    )
+
+
+def _baselines(stack: StackAccess) -> dict[str, BaselineConfig]:
+    """Every baseline server of a run, by name, on the stack's Postgres and Redis."""
+    common = BaselineConfig(BARE_HTTP, stack.secret, stack.database_url, stack.redis_url)
+    return {
+        BARE_HTTP: common,
+        POSTGRES_ROW: replace(common, mode=POSTGRES_ROW),
+        REDIS_LOCK: replace(common, mode=REDIS_LOCK),
+        REDIS_LOCK_QUEUED: replace(common, mode=REDIS_LOCK, local_queue=True),
+        REDIS_LOCK_PAUSED: replace(
+            common, mode=REDIS_LOCK, lock_ttl_ms=PAUSE_LOCK_TTL_MS, pause_ms=PAUSE_MS
+        ),
+    }
+
+
+async def _lock_under_pause(bench: Bench, system: SaleSystem) -> SystemRun:
+    """Every buyer at once (one connection each) on the stalling lock server."""
+    run = secrets.token_hex(3)
+    item_id = f"bench-{run}-paused"
+    await system.create_item(item_id, PAUSE_STOCK)
+    plan = bench.plan(system, item_id, f"p-{run}", PAUSE_REQUESTS)
+    load = await bench.drive(replace(plan, concurrency=PAUSE_REQUESTS, clients=1))
+    return SystemRun(load, await system.tally(item_id))

@@ -1,0 +1,134 @@
+"""Starting and stopping the baseline server processes, each in one `async with`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from loadtests.bench.baselines import BaselineConfig
+from loadtests.bench.errors import BenchError
+
+READY_TIMEOUT_S = 30.0
+READY_POLL_S = 0.05
+STOP_GRACE_S = 5.0
+BACKLOG = 4096
+LOG_TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    name: str
+    url: str
+    pid: int
+
+
+@contextlib.asynccontextmanager
+async def baseline_servers(
+    configs: dict[str, BaselineConfig], log_dir: Path
+) -> AsyncIterator[dict[str, RunningServer]]:
+    """Baseline server processes by name, started together (each on a socket we bind)
+    and all stopped on exit, whatever happens."""
+    async with contextlib.AsyncExitStack() as stack:
+        spawned: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
+        for name, config in configs.items():
+            process, port = await _spawn(config, log_dir / f"{name}.log")
+            stack.push_async_callback(_stop, process)
+            spawned[name] = (process, f"http://127.0.0.1:{port}")
+        await asyncio.gather(
+            *(
+                _wait_ready(url, process, log_dir / f"{name}.log", name)
+                for name, (process, url) in spawned.items()
+            )
+        )
+        yield {
+            name: RunningServer(name, url, process.pid) for name, (process, url) in spawned.items()
+        }
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(BACKLOG)
+    return sock
+
+
+async def _spawn(config: BaselineConfig, log_path: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """The child inherits the listening socket: no race for a free port."""
+    await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
+    log = await asyncio.to_thread(log_path.open, "ab")
+    with log, _listening_socket() as sock:
+        port = int(sock.getsockname()[1])
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "loadtests.bench.baselines",
+            config.mode,
+            "--fd",
+            str(sock.fileno()),
+            "--secret",
+            config.secret,
+            "--database-url",
+            config.database_url,
+            "--redis-url",
+            config.redis_url,
+            "--lock-ttl-ms",
+            str(config.lock_ttl_ms),
+            "--pause-ms",
+            str(config.pause_ms),
+            *(["--local-queue"] if config.local_queue else []),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(sock.fileno(),),
+            # Its own session: a Ctrl-C in the terminal reaches us, and we stop it.
+            start_new_session=True,
+        )
+    return process, port
+
+
+async def _wait_ready(
+    url: str, process: asyncio.subprocess.Process, log_path: Path, name: str
+) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    timeout = aiohttp.ClientTimeout(total=1.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise BenchError(f"{name} server exited at start:\n{await _tail(log_path)}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(READY_POLL_S)
+    raise BenchError(f"{name} server not ready in {READY_TIMEOUT_S:.0f}s:\n{await _tail(log_path)}")
+
+
+async def _tail(log_path: Path) -> str:
+    try:
+        text = await asyncio.to_thread(log_path.read_text, errors="replace")
+    except OSError:
+        return "(no log)"
+    return text[-LOG_TAIL_CHARS:]
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after a grace period; harmless when it already exited."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+    await process.wait()
