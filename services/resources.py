@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.settings import Settings
+from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, close_redis, open_redis
 from services.stockfilter.filter import StockFilter
 from services.stockfilter.idempotency import IdempotencyStore
@@ -42,10 +43,11 @@ async def open_core(
                 await migrate(conn)
         redis = open_redis(settings.redis_url, settings.redis_cluster)
         stack.push_async_callback(close_redis, redis)
+        pipe = AutoPipeline(redis)
         yield CoreResources(
             settings=settings,
             pool=pool,
             redis=redis,
-            stock=StockFilter(redis, settings.stock_shards),
-            idempotency=IdempotencyStore(redis, settings.idempotency_ttl_s),
+            stock=StockFilter(redis, settings.stock_shards, pipe),
+            idempotency=IdempotencyStore(redis, settings.idempotency_ttl_s, pipe),
         )

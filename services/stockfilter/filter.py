@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, redis_errors
 from services.stockfilter.keys import reservations_key, stock_key
 
@@ -41,9 +42,10 @@ class Settlement:
 
 
 class StockFilter:
-    def __init__(self, redis: RedisClient, shards: int) -> None:
+    def __init__(self, redis: RedisClient, shards: int, pipe: AutoPipeline | None = None) -> None:
         self.redis = redis
         self.shards = shards
+        self.pipe = pipe or AutoPipeline(redis)
         self._reserve = redis.register_script(_lua("reserve.lua"))
         self._settle = redis.register_script(_lua("settle.lua"))
 
@@ -67,8 +69,8 @@ class StockFilter:
                 continue
             keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
             async with redis_errors():
-                code, _left = await self._reserve(
-                    keys=keys, args=[purchase_id, quantity, record_for(shard)]
+                code, _left = await self.pipe.script(
+                    self._reserve, keys, [purchase_id, quantity, record_for(shard)]
                 )
             if code in (RESERVED, ALREADY_RESERVED):
                 return Reservation(shard, missing, frozenset(empty))

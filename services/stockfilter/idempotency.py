@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 
+from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, redis_errors
 from services.stockfilter.keys import idempotency_key
 
@@ -30,7 +31,19 @@ class IdempotencyRecord:
     nonce: str
 
     def encode(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        # Compared byte for byte by unclaim.lua: the key order must never vary.
+        return json.dumps(
+            {
+                "item_id": self.item_id,
+                "nonce": self.nonce,
+                "quantity": self.quantity,
+                "shard": self.shard,
+                "state": self.state,
+                "ts_ms": self.ts_ms,
+                "user_id": self.user_id,
+            },
+            separators=(",", ":"),
+        )
 
     @classmethod
     def decode(cls, raw: str | bytes) -> IdempotencyRecord:
@@ -52,9 +65,10 @@ def new_claim(user_id: str, item_id: str, quantity: int) -> IdempotencyRecord:
 
 
 class IdempotencyStore:
-    def __init__(self, redis: RedisClient, ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, ttl_s: int, pipe: AutoPipeline | None = None) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
+        self.pipe = pipe or AutoPipeline(redis)
         folder = resources.files("services.stockfilter")
         self._claim = redis.register_script((folder / "claim.lua").read_text())
         self._swap = redis.register_script((folder / "unclaim.lua").read_text())
@@ -62,14 +76,14 @@ class IdempotencyStore:
     async def claim(self, purchase_id: str, record: IdempotencyRecord) -> IdempotencyRecord | None:
         """None when `record` is now the claim; else the record already there."""
         async with redis_errors():
-            won, existing = await self._claim(
-                keys=[idempotency_key(purchase_id)], args=[record.encode(), self.ttl_s]
+            won, existing = await self.pipe.script(
+                self._claim, [idempotency_key(purchase_id)], [record.encode(), self.ttl_s]
             )
         return None if int(won) == 1 else IdempotencyRecord.decode(existing)
 
     async def get(self, purchase_id: str) -> IdempotencyRecord | None:
         async with redis_errors():
-            raw = await self.redis.get(idempotency_key(purchase_id))
+            raw = await self.pipe.get(idempotency_key(purchase_id))
         return None if raw is None else IdempotencyRecord.decode(raw)
 
     async def swap(
@@ -77,8 +91,9 @@ class IdempotencyStore:
     ) -> bool:
         """Replace (or, with None, drop) the record only if it is still `ours`."""
         async with redis_errors():
-            done = await self._swap(
-                keys=[idempotency_key(purchase_id)],
-                args=[ours.encode(), "" if new is None else new.encode(), self.ttl_s],
+            done = await self.pipe.script(
+                self._swap,
+                [idempotency_key(purchase_id)],
+                [ours.encode(), "" if new is None else new.encode(), self.ttl_s],
             )
         return int(done) == 1

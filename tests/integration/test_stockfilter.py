@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.exceptions import ResponseError
 
 from infra.embedded.redis import EmbeddedRedis
 from services.schema import PurchaseMessage
+from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import close_redis, open_redis
 from services.stockfilter.filter import Settlement, StockFilter
 from services.stockfilter.idempotency import IdempotencyStore, new_claim
@@ -92,3 +94,22 @@ async def test_idempotency_claim_is_won_once_and_swapped_only_by_its_owner(
     assert await store.swap(pid, mine, mine.published(2))
     stored = await store.get(pid)
     assert stored is not None and stored.state == "published" and stored.shard == 2
+
+
+async def test_auto_pipeline_gives_each_caller_its_own_answer(redis_server: EmbeddedRedis) -> None:
+    client = open_redis(redis_server.url, cluster=False)
+    try:
+        prefix = fresh_id("pipe")
+        for n in range(50):
+            await client.set(f"{prefix}:{n}", n)
+        await client.hset(f"{prefix}:hash", "f", "v")
+        pipe = AutoPipeline(client)
+        results = await asyncio.gather(
+            *(pipe.get(f"{prefix}:{n}") for n in range(50)),
+            pipe.get(f"{prefix}:hash"),  # WRONGTYPE: fails alone
+            return_exceptions=True,
+        )
+        assert [int(r) for r in results[:50]] == list(range(50))  # type: ignore[arg-type]
+        assert isinstance(results[50], ResponseError)
+    finally:
+        await close_redis(client)
