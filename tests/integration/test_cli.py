@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -83,3 +85,42 @@ def test_up_detach_then_down_leaves_nothing_running(state_root: Path) -> None:
 def test_down_without_a_stack_says_so(tmp_path: Path) -> None:
     result = run("down", state_dir=tmp_path)
     assert result.returncode == 1 and "flashsale up" in result.stderr
+
+
+def test_ctrl_c_on_a_foreground_up_stops_everything(state_root: Path) -> None:
+    state_dir = state_root / "cli-foreground"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+    env.update(
+        FLASHSALE_STATE_DIR=str(state_dir),
+        FLASHSALE_POSTGRES_FSYNC="false",
+        FLASHSALE_PARTITIONS="4",
+    )
+    process = subprocess.Popen(
+        [*FLASHSALE, "up", "--consumers", "1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (state_dir / "stack.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "up did not get ready"
+            time.sleep(0.2)
+        time.sleep(0.5)  # the file is written just before the "running" line
+        pids = json.loads((state_dir / "stack.json").read_text())["pids"]
+        every_pid = [
+            *pids["gateway"],
+            *pids["consumers"],
+            pids["postgres"],
+            *pids["redis"],
+            pids["kafka"],
+        ]
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "stopped" in output
+    assert not any(pid_alive(pid) for pid in every_pid)
