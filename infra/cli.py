@@ -101,8 +101,19 @@ def main() -> None:
     show_default=True,
     help="Gateway port (0 or busy: a free one).",
 )
+@click.option(
+    "--gateways",
+    type=click.IntRange(1, 16),
+    default=1,
+    envvar="FLASHSALE_GATEWAYS",
+    show_envvar=True,
+    show_default=True,
+    help="Gateway processes sharing the port (one per core is plenty).",
+)
 @_state_dir_option()
-def up(consumers: int, redis_cluster: bool, detach: bool, port: int, state_dir: Path) -> None:
+def up(
+    consumers: int, redis_cluster: bool, detach: bool, port: int, gateways: int, state_dir: Path
+) -> None:
     """Start the embedded stack (Postgres, Redis, broker), the gateway and N consumers."""
     _refuse_second_stack(state_dir)
     settings = Settings.from_env(
@@ -113,7 +124,7 @@ def up(consumers: int, redis_cluster: bool, detach: bool, port: int, state_dir: 
     try:
         with interrupted.catching():
             stack.start_services(_say)
-            stack.start_processes(consumers, _say)
+            stack.start_processes(consumers, _say, gateways=gateways)
             stack_file = stack.stack_file()
             stack_file.supervisor_pid = None if detach else os.getpid()
             path = stack_file.save(state_dir)

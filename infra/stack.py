@@ -80,14 +80,18 @@ class EmbeddedStack:
         asyncio.run(_prepare(self.settings))
         return self.settings
 
-    def start_processes(self, consumers: int, progress: Progress = _quiet) -> None:
+    def start_processes(
+        self, consumers: int, progress: Progress = _quiet, gateways: int = 1
+    ) -> None:
         if self.settings.gateway_port == 0 or not _port_free(self.settings.gateway_port):
             self.settings = self.settings.replace(gateway_port=free_port())
         progress(f"starting {consumers} consumer(s)")
         for index in range(consumers):
             self.add_consumer(f"consumer-{index}-{secrets.token_hex(2)}")
-        progress("starting gateway")
-        self.gateway_pids.append(start_gateway(self.settings, self.log_dir))
+        progress(f"starting {gateways} gateway(s)")
+        for index in range(gateways):
+            # Gateways share the port (SO_REUSEPORT): the kernel spreads connections.
+            self.gateway_pids.append(start_gateway(self.settings, self.log_dir, index))
         if consumers:
             progress("waiting for consumers to own every partition")
             wait_for_consumers(self.settings, list(self.consumer_pids))

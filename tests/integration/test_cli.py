@@ -37,7 +37,9 @@ def test_help_explains_every_command(tmp_path: Path) -> None:
 
 def test_up_detach_then_down_leaves_nothing_running(state_root: Path) -> None:
     state_dir = state_root / "cli-stack"
-    started = run("up", "--detach", "--consumers", "2", "--port", "0", state_dir=state_dir)
+    started = run(
+        "up", "--detach", "--consumers", "2", "--gateways", "2", "--port", "0", state_dir=state_dir
+    )
     assert started.returncode == 0, started.stderr
     stack = json.loads((state_dir / "stack.json").read_text())
     for key in ("gateway_url", "admin_token", "database_url", "redis_url", "kafka_bootstrap"):
@@ -50,7 +52,8 @@ def test_up_detach_then_down_leaves_nothing_running(state_root: Path) -> None:
         *pids["redis"],
         pids["kafka"],
     ]
-    assert len(pids["consumers"]) == 2 and all(pid_alive(pid) for pid in every_pid)
+    assert len(pids["consumers"]) == 2 and len(pids["gateway"]) == 2
+    assert all(pid_alive(pid) for pid in every_pid)
     try:
         with urllib.request.urlopen(stack["gateway_url"] + "/readyz", timeout=5) as response:
             assert json.loads(response.read())["status"] == "ready"
