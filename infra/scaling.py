@@ -28,15 +28,25 @@ def scale_consumers(state_dir: Path, count: int, progress: Callable[[str], None]
         name, pid = running.pop()
         progress(f"stopping {name} (pid {pid})")
         terminate_pid(pid, grace_s=CONSUMER_STOP_GRACE_S)
+        _save(stack, state_dir, running)
+        if running:
+            # One departure per rebalance: members leaving while the group is
+            # still rebalancing have stalled the embedded broker's coordinator.
+            progress("waiting for the rebalance to settle")
+            wait_for_consumers(settings, [n for n, _ in running])
     while len(running) < count:
         name = f"consumer-{len(running)}-{secrets.token_hex(2)}"
         pid = start_consumer(settings, state_dir / "logs", name)
         progress(f"started {name} (pid {pid})")
         running.append((name, pid))
-    stack.consumer_names = [name for name, _ in running]
-    stack.pids.consumers = [pid for _, pid in running]
-    stack.save(state_dir)
+    _save(stack, state_dir, running)
     if running:
         progress("waiting for the rebalance to settle")
         wait_for_consumers(settings, stack.consumer_names)
     progress(f"{len(running)} consumer(s) running")
+
+
+def _save(stack: StackFile, state_dir: Path, running: list[tuple[str, int]]) -> None:
+    stack.consumer_names = [name for name, _ in running]
+    stack.pids.consumers = [pid for _, pid in running]
+    stack.save(state_dir)
