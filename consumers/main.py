@@ -9,7 +9,7 @@ import signal
 
 from aiokafka import AIOKafkaConsumer
 
-from consumers.worker import LeaseListener, PurchaseConsumer, consumer_name
+from consumers.worker import LeaseListener, PurchaseConsumer, RejoinStuckError, consumer_name
 from services.errors import UnavailableError
 from services.logs import setup_logging
 from services.producer import open_producer
@@ -22,6 +22,7 @@ from services.topics import ensure_topic
 log = logging.getLogger("flashsale.consumer")
 
 STARTUP_RETRY_S = 0.5
+KAFKA_STOP_TIMEOUT_S = 10.0
 # A consumer paused (SIGSTOP, GC) inside a batch transaction would hold its lease
 # row lock forever and block the partition's next owner: Postgres ends such a
 # session after this long, and the zombie's commit then fails.
@@ -82,20 +83,36 @@ async def serve(settings: Settings) -> None:
         settings, run_migrations=True, server_settings=CONSUMER_SESSION_SETTINGS
     ) as core:
         await prepare(settings, core)
-        kafka = build_kafka_consumer(settings)
-        worker = PurchaseConsumer(settings, core, kafka)
-        kafka.subscribe([settings.topic], listener=LeaseListener(worker))
-        await kafka.start()
-        log.info("consumer %s started (group %s)", worker.name, settings.consumer_group)
+        worker = PurchaseConsumer(settings, core, build_kafka_consumer(settings))
         reconciler = asyncio.create_task(reconcile_forever(settings, core, stop))
         try:
-            await worker.run(stop)
+            while not stop.is_set():
+                await consume_until_stuck(settings, worker, stop)
         finally:
             stop.set()
-            await kafka.stop()
             with contextlib.suppress(asyncio.CancelledError, UnavailableError):
                 await reconciler
             log.info("consumer %s stopped: %s", worker.name, worker.stats)
+
+
+async def consume_until_stuck(
+    settings: Settings, worker: PurchaseConsumer, stop: asyncio.Event
+) -> None:
+    """One group membership: join, consume until stopped or stuck in a rejoin, leave."""
+    kafka = worker.kafka
+    kafka.subscribe([settings.topic], listener=LeaseListener(worker))
+    await kafka.start()
+    log.info("consumer %s joined group %s", worker.name, settings.consumer_group)
+    try:
+        await worker.run(stop)
+    except RejoinStuckError as exc:
+        log.warning("%s; leaving the group and joining again", exc)
+        worker.reset(build_kafka_consumer(settings))
+    finally:
+        try:
+            await asyncio.wait_for(kafka.stop(), timeout=KAFKA_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the old Kafka consumer did not stop within %ss", KAFKA_STOP_TIMEOUT_S)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -14,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from consumers.logcheck import records_at
-from services.errors import FencedError, UnavailableError
+from services.errors import FencedError, FlashsaleError, UnavailableError
 from services.failpoints import failpoint
 from services.resources import CoreResources
 from services.schema import MessageError, PurchaseMessage
@@ -28,6 +29,12 @@ from services.store.leases import LeaseGrant, acquire_lease, start_log_generatio
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_MAX_S = 2.0
+
+
+class RejoinStuckError(FlashsaleError):
+    """The group rebalance this member waits for does not complete."""
+
+
 KafkaRecord: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
@@ -58,6 +65,7 @@ class LeaseListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.worker.unassigned_since = time.monotonic()
         for tp in revoked:
             self.worker.leases.epochs.pop(tp.partition, None)
             self.worker.pending.discard(tp)
@@ -65,6 +73,7 @@ class LeaseListener(ConsumerRebalanceListener):  # type: ignore[misc]
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.worker.unassigned_since = None
         if not assigned:
             return
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
@@ -85,9 +94,22 @@ class PurchaseConsumer:
         self.name = consumer_name(settings)
         self.leases = LeaseBook()
         self.pending: set[TopicPartition] = set()
+        self.unassigned_since: float | None = time.monotonic()
         # The rebalance listener and the poll loop both take pending leases: one at a time.
         self._taking = asyncio.Lock()
         self.stats = ConsumerStats()
+
+    def reset(self, kafka: AIOKafkaConsumer) -> None:
+        """A new group membership: every lease must be taken again."""
+        self.kafka = kafka
+        self.leases.epochs.clear()
+        self.pending.clear()
+        self.unassigned_since = time.monotonic()
+
+    def check_not_stuck(self) -> None:
+        since = self.unassigned_since
+        if since is not None and time.monotonic() - since > self.settings.rejoin_stuck_s:
+            raise RejoinStuckError(f"no assignment for {time.monotonic() - since:.0f}s")
 
     async def take_pending(self) -> None:
         """Lease every assigned partition not yet ours, checking its log is the one we know."""
@@ -146,6 +168,7 @@ class PurchaseConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         backoff_s = 0.1
         while not stop.is_set():
+            self.check_not_stuck()
             try:
                 if self.pending:
                     await self.take_pending()

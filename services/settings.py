@@ -36,6 +36,10 @@ CLIENT_RATE = "2000/second"
 ITEM_RATE = "20000/second"
 DB_POOL_SIZE = 10
 RECONCILE_INTERVAL_S = 2.0
+# A consumer waiting this long for an assignment after a revoke is stuck in a
+# rebalance that will not finish (seen with the embedded broker when members
+# left mid-rebalance): it leaves the group and joins again.
+REJOIN_STUCK_S = 45.0
 RESERVATION_STALE_S = 5.0
 GATEWAY_PORT = 8080
 
@@ -80,6 +84,7 @@ class Settings:
     db_pool_size: int = DB_POOL_SIZE
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
     reservation_stale_s: float = RESERVATION_STALE_S
+    rejoin_stuck_s: float = REJOIN_STUCK_S
     consumer_group: str = "flashsale-consumers"
     consumer_name: str = ""
     state_dir: Path = field(default_factory=lambda: Path(".flashsale"))

@@ -77,6 +77,7 @@ def fault_settings() -> Settings:
         session_timeout_s=6.0,
         reservation_stale_s=3.0,
         reconcile_interval_s=1.0,
+        rejoin_stuck_s=15.0,
     )
 
 

@@ -4,8 +4,11 @@ apply nothing twice, and a paused one commits nothing after its partitions moved
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 from infra.embedded.proc import pid_alive
+from infra.stack import wait_for_consumers
 from loadtests.faultcheck import check_fault_run
 from loadtests.traffic import run_traffic
 from services.resources import open_core
@@ -57,3 +60,21 @@ async def test_consumer_paused_past_session_timeout_is_fenced(fault_stack: Fault
 
 async def _only(owners, name: str) -> bool:  # type: ignore[no-untyped-def]
     return await owners() == {name}
+
+
+async def test_consumers_leaving_mid_rebalance_do_not_strand_partitions(
+    fault_stack: FaultStack,
+) -> None:
+    """Two members leave at once, the second while the group still rebalances for
+    the first; the survivor ends up owning every partition (rejoining if stuck)."""
+    stack = fault_stack.stack
+    stack.add_consumer("third")
+    names = list(stack.consumer_pids)
+    await asyncio.to_thread(wait_for_consumers, stack.settings, names)
+    survivor, *leaving = names
+    for name in reversed(leaving):  # the newest member first, as `consumers scale` did
+        os.kill(stack.consumer_pids.pop(name), signal.SIGTERM)
+        await asyncio.sleep(0.3)  # the second leaves while the group rebalances
+    await asyncio.to_thread(wait_for_consumers, stack.settings, [survivor], 60.0)
+    report, _, _ = await fault_stack.sale_with_fault(lambda: None, at_s=0.5, duration_s=3.0)
+    assert report.ok, report.all_violations
