@@ -21,7 +21,10 @@ async def buy(
         json={"item_id": item_id, "quantity": qty},
         headers=live.user_headers(user, key),
     ) as response:
-        return response.status, await response.json()
+        body = await response.json()
+        if response.status == 429:
+            assert body["error"] == "rate_limited" and int(response.headers["Retry-After"]) >= 1
+        return response.status, body
 
 
 async def final_state(
