@@ -7,6 +7,7 @@ test session; each test isolates itself with fresh item ids and users.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shutil
 import tempfile
@@ -18,6 +19,9 @@ import pytest
 from infra.embedded.broker import EmbeddedBroker
 from infra.embedded.postgres import EmbeddedPostgres
 from infra.embedded.redis import EmbeddedRedis
+from infra.stack import stop_from_file
+from infra.stackfile import StackFile
+from services.errors import FlashsaleError
 from services.resources import CoreResources, open_core
 from services.settings import Settings
 from services.store.leases import ensure_leases
@@ -31,6 +35,10 @@ def state_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="flashsale-tests-"))
     root.chmod(0o755)  # the postgres user must reach its data folder
     yield root
+    # A test cut short (a timeout) may leave a detached stack behind: stop it.
+    for stack_json in root.glob("*/stack.json"):
+        with contextlib.suppress(FlashsaleError, OSError, ValueError):
+            stop_from_file(stack_json.parent, StackFile.load(stack_json.parent))
     shutil.rmtree(root, ignore_errors=True)
 
 
