@@ -17,14 +17,15 @@ from gateway.hints import ItemHints
 from gateway.metrics import GatewayMetrics
 from services.errors import UnavailableError
 from services.failpoints import failpoint
-from services.producer import PurchaseProducer
+from services.producer import PRODUCE_TIMEOUT_S, PurchaseProducer
 from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
 from services.stockfilter.filter import Settlement
 from services.stockfilter.idempotency import PUBLISHED, IdempotencyRecord, new_claim
 
-# A twin request (same user and key) still mid-admission: how long to wait for it.
-TWIN_WAIT_S = 2.0
+# A twin request (same user and key) still mid-admission: how long to wait for it
+# (longer than a produce may take, so the twin's outcome is known by then).
+TWIN_WAIT_S = PRODUCE_TIMEOUT_S + 1.0
 TWIN_POLL_S = 0.02
 
 
@@ -53,20 +54,24 @@ class Admission:
         self.metrics = metrics
         self.settings = core.settings
 
-    async def replay_or_sold_out(
-        self, user_id: str, key: str, item_id: str, quantity: int
-    ) -> Admitted:
-        """For an item cached as sold out: one Redis read, so that a retry of a
-        purchase admitted before the sell-out still gets its purchase id."""
+    async def replay(self, user_id: str, key: str, item_id: str, quantity: int) -> Admitted | None:
+        """An earlier admission of this (user, key), or None when the key is new.
+
+        Looked up before rate limits and the sold-out hint, so a retry gets its
+        purchase id whatever the timing.
+        """
         purchase_id = purchase_id_for(self.settings.secret, user_id, key)
         earlier = await self.core.idempotency.get(purchase_id)
         if earlier is None:
-            self.metrics.sold_out.labels("true").inc()
-            raise SoldOut(item_id)
+            return None
         if earlier.state != PUBLISHED and earlier.item_id == item_id:
             # A twin is mid-admission and may still fail: wait for its outcome.
             return await self.admit(user_id, key, item_id, quantity)
         return self._replay(purchase_id, earlier, item_id, quantity)
+
+    def sold_out(self, item_id: str) -> SoldOut:
+        self.metrics.sold_out.labels("true").inc()
+        return SoldOut(item_id)
 
     async def admit(self, user_id: str, key: str, item_id: str, quantity: int) -> Admitted:
         purchase_id = purchase_id_for(self.settings.secret, user_id, key)
@@ -133,7 +138,8 @@ class Admission:
             await self.core.idempotency.swap(purchase_id, claim, None)
             if reservation.missing:
                 raise UnavailableError(f"stock filter of {item_id} is being rebuilt")
-            self.hints.mark_sold_out(item_id)
+            if len(self.hints.empty_shards(item_id)) >= self.core.stock.shards:
+                self.hints.mark_sold_out(item_id)  # every shard is empty, not just short
             self.metrics.sold_out.labels("false").inc()
             raise SoldOut(item_id)
         failpoint(self.settings.failpoint, "gateway.after_reserve")

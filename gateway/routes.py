@@ -60,6 +60,15 @@ async def item_for_admission(gw: Gateway, item_id: str) -> Item:
     return item
 
 
+async def check_rate_limits(gw: Gateway, user_id: str, client: str, item_id: str) -> None:
+    for kind, identity in ((USER, user_id), (CLIENT, client), (ITEM, item_id)):
+        try:
+            await gw.limits.check(kind, identity)
+        except ApiError:
+            gw.metrics.rate_limited.labels(kind).inc()
+            raise
+
+
 async def post_purchase(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     user_id = require_user(request, gw.settings.secret)
@@ -72,15 +81,12 @@ async def post_purchase(request: web.Request) -> web.Response:
             "quantity_above_limit",
             f"quantity may be at most {item.per_user_limit} for {item.item_id}",
         )
-    if gw.hints.is_sold_out(order.item_id):
-        # The cheapest answer first: no rate-limit and no stock calls for a sold-out item.
-        admitted = await gw.admission.replay_or_sold_out(
-            user_id, key, order.item_id, order.quantity
-        )
-    else:
-        await gw.limits.check(USER, user_id)
-        await gw.limits.check(CLIENT, request.remote or "unknown")
-        await gw.limits.check(ITEM, order.item_id)
+    admitted = await gw.admission.replay(user_id, key, order.item_id, order.quantity)
+    if admitted is None:
+        if gw.hints.is_sold_out(order.item_id):
+            # The cheapest answer first: no rate-limit and no stock calls.
+            raise gw.admission.sold_out(order.item_id)
+        await check_rate_limits(gw, user_id, request.remote or "unknown", order.item_id)
         admitted = await gw.admission.admit(user_id, key, order.item_id, order.quantity)
     location = f"/v1/purchases/{admitted.purchase_id}"
     return web.json_response(

@@ -55,8 +55,7 @@ class Gateway:
         await self.core.redis.ping()
 
     async def _kafka(self) -> None:
-        if not await self.producer.partitions():
-            raise ConnectionError("topic has no partitions")
+        await self.producer.broker_answers()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -295,7 +295,7 @@ def demo(buyers: int, stock: int, consumer_count: int) -> None:
 @main.command()
 @click.option(
     "--duration",
-    type=click.FloatRange(10, 3600),
+    type=click.FloatRange(1, 86400),
     default=30.0,
     show_default=True,
     envvar="FLASHSALE_CHAOS_DURATION",

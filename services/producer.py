@@ -38,10 +38,13 @@ class PurchaseProducer:
             raise UnavailableError(f"kafka produce failed: {exc!r}") from exc
         return metadata.partition, metadata.offset
 
-    async def partitions(self) -> set[int]:
-        """The topic's partitions from fresh broker metadata (readiness probe)."""
-        found = await self._producer.partitions_for(self.topic)
-        return set(found or ())
+    async def broker_answers(self) -> None:
+        """Ask the broker for fresh metadata (readiness): cached metadata would answer
+        for a broker that is gone. Naming no topic also creates none."""
+        try:
+            await self._producer.client.fetch_all_metadata()
+        except (KafkaError, OSError) as exc:
+            raise UnavailableError(f"kafka metadata: {exc!r}") from exc
 
 
 @contextlib.asynccontextmanager

@@ -47,7 +47,7 @@ async def rebuild_item(core: CoreResources, item: Item) -> int:
         if pid not in final:
             in_flight += _quantity(raw)
     remaining_units = max(item.remaining - in_flight, 0)
-    await core.stock.set_remaining(item.item_id, remaining_units)
+    await core.stock.set_remaining(item.item_id, remaining_units, item.per_user_limit)
     return remaining_units
 
 

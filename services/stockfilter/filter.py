@@ -69,15 +69,15 @@ class StockFilter:
                 continue
             keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
             async with redis_errors():
-                code, _left = await self.pipe.script(
+                code, left = await self.pipe.script(
                     self._reserve, keys, [purchase_id, quantity, record_for(shard)]
                 )
             if code in (RESERVED, ALREADY_RESERVED):
                 return Reservation(shard, missing, frozenset(empty))
             if code == SHARD_MISSING:
                 missing = True  # not "empty": Redis lost it, and the rebuild refills it
-            else:
-                empty.add(shard)
+            elif int(left) == 0:
+                empty.add(shard)  # too few units for this request is not "empty"
         return Reservation(None, missing, frozenset(empty))
 
     async def settle(self, settlements: Iterable[Settlement]) -> int:
@@ -93,12 +93,20 @@ class StockFilter:
                 returned += int(await self._settle(keys=keys, args=args))
         return returned
 
-    async def set_remaining(self, item_id: str, remaining_units: int) -> None:
-        """Spread `remaining_units` evenly over the shards (the rebuild of design.md)."""
-        base, extra = divmod(max(remaining_units, 0), self.shards)
+    async def set_remaining(
+        self, item_id: str, remaining_units: int, units_per_request: int = 1
+    ) -> None:
+        """Spread `remaining_units` over the shards (the rebuild of design.md).
+
+        A request takes its units from one shard, so a small stock goes into fewer
+        shards, each holding at least `units_per_request` where possible.
+        """
+        remaining_units = max(remaining_units, 0)
+        used = max(1, min(self.shards, remaining_units // max(units_per_request, 1)))
+        base, extra = divmod(remaining_units, used)
         async with redis_errors():
             for shard in range(self.shards):
-                units = base + (1 if shard < extra else 0)
+                units = base + (1 if shard < extra else 0) if shard < used else 0
                 await self.redis.set(stock_key(item_id, shard), units)
 
     async def shard_levels(self, item_id: str) -> list[int | None]:

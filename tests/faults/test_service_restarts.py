@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 
@@ -152,3 +154,19 @@ async def test_purchases_fail_closed_while_redis_is_down(fault_stack: FaultStack
                 return response.status == 202
 
         assert await wait_for(admitted, timeout_s=20, interval_s=0.3)
+
+
+async def test_readyz_asks_the_broker_itself(fault_stack: FaultStack) -> None:
+    """A frozen broker must make /readyz say not ready, not cached metadata say ok."""
+    broker_pid = fault_stack.stack.broker.pid
+    assert broker_pid is not None
+    url = f"{fault_stack.target.gateway_url}/readyz"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        os.kill(broker_pid, signal.SIGSTOP)
+        try:
+            async with http.get(url) as response:
+                body = await response.json()
+                assert response.status == 503 and body["checks"]["kafka"] == "down"
+        finally:
+            os.kill(broker_pid, signal.SIGCONT)
+        await wait_for(lambda: _ready(http, fault_stack.target.gateway_url), timeout_s=30)

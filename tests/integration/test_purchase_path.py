@@ -210,3 +210,41 @@ async def test_unknown_routes_and_methods_answer_json(
     async with http.delete(f"{live.url}/v1/purchases") as response:
         assert response.status == 405
         assert (await response.json())["error"] == "method_not_allowed"
+
+
+async def test_a_retry_is_answered_even_past_the_rate_limit(
+    live: LiveStack, http: aiohttp.ClientSession
+) -> None:
+    item_id = fresh_id()
+    async with http.put(
+        f"{live.url}/v1/items/{item_id}", json={"stock": 100}, headers=live.admin_headers
+    ):
+        pass
+    status, first = await buy(http, live, "impatient", "the-key", item_id)
+    assert status == 202
+    answers = await asyncio.gather(
+        *(buy(http, live, "impatient", f"other-{n}", item_id) for n in range(30))
+    )
+    assert 429 in {status for status, _ in answers}  # the user is over the limit now
+    status, again = await buy(http, live, "impatient", "the-key", item_id)
+    assert status == 202 and again["purchase_id"] == first["purchase_id"]
+
+
+async def test_multi_unit_purchases_are_not_refused_while_stock_remains(
+    live: LiveStack, http: aiohttp.ClientSession
+) -> None:
+    item_id = fresh_id()
+    async with http.put(
+        f"{live.url}/v1/items/{item_id}",
+        json={"stock": 4, "per_user_limit": 2},
+        headers=live.admin_headers,
+    ):
+        pass
+    for user in ("pair-1", "pair-2"):
+        status, body = await buy(http, live, user, "k", item_id, qty=2)
+        assert status == 202, body
+        assert (await final_state(http, live, user, str(body["purchase_id"])))["status"] == (
+            "confirmed"
+        )
+    status, body = await buy(http, live, "pair-3", "k", item_id, qty=1)
+    assert status == 409 and body["error"] == "sold_out"
