@@ -23,10 +23,6 @@ class UnavailableError(FlashsaleError):
     retriable = True
 
 
-class ResourcesClosedError(FlashsaleError):
-    """A resource was used before it was opened or after it was closed."""
-
-
 class FencedError(FlashsaleError):
     """A consumer's lease epoch is stale: another consumer owns the partition."""
 

@@ -51,10 +51,5 @@ RETURNING items.item_id, d.units;
 SELECT status, count(*)::bigint AS purchases, coalesce(sum(quantity), 0)::bigint AS units
 FROM purchases WHERE item_id = $1 GROUP BY status;
 
--- name: confirmations_in_order
-SELECT purchase_id, kafka_partition, kafka_offset, log_generation
-FROM purchases WHERE item_id = $1 AND status = 'confirmed'
-ORDER BY applied_at, kafka_offset;
-
 -- name: notify_results
 SELECT pg_notify($1, $2);
