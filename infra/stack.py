@@ -12,14 +12,14 @@ from pathlib import Path
 
 from infra.embedded.broker import EmbeddedBroker
 from infra.embedded.postgres import EmbeddedPostgres
-from infra.embedded.proc import free_port, pid_alive, terminate_pid
+from infra.embedded.proc import free_port, pid_alive, port_is_free, terminate_pid
 from infra.embedded.redis import EmbeddedRedis
 from infra.processes import alive, start_consumer, start_gateway
 from infra.stackfile import StackFile, StackPids
 from services.errors import ServiceStartError
 from services.resources import open_core
 from services.settings import Settings
-from services.store.leases import list_leases
+from services.store.leases import ensure_leases, list_leases
 from services.topics import ensure_topic
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class EmbeddedStack:
     def start_processes(
         self, consumers: int, progress: Progress = _quiet, gateways: int = 1
     ) -> None:
-        if self.settings.gateway_port == 0 or not _port_free(self.settings.gateway_port):
+        if self.settings.gateway_port == 0 or not port_is_free(self.settings.gateway_port):
             self.settings = self.settings.replace(gateway_port=free_port())
         progress(f"starting {consumers} consumer(s)")
         for index in range(consumers):
@@ -138,16 +138,8 @@ class EmbeddedStack:
         self.postgres.stop()
 
 
-def _port_free(port: int) -> bool:
-    from infra.embedded.proc import port_is_free  # noqa: PLC0415
-
-    return port_is_free(port)
-
-
 async def _prepare(settings: Settings) -> None:
     async with open_core(settings, run_migrations=True) as core:
-        from services.store.leases import ensure_leases  # noqa: PLC0415
-
         await ensure_leases(core.pool, settings.topic, settings.partitions)
     await ensure_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
 

@@ -37,18 +37,24 @@ class ReconcileReport:
         return bool(self.settled or self.republished or self.rebuilt)
 
 
-async def rebuild_item(core: CoreResources, item: Item) -> int:
-    """Set the filter to stock - sold - units still in flight; returns the units set."""
-    records = await core.stock.reservations(item.item_id)
-    pending = {pid: raw for shard in records.values() for pid, raw in shard.items()}
-    final = await known_statuses(core.pool, list(pending))
-    in_flight = 0
-    for pid, raw in pending.items():
-        if pid not in final:
-            in_flight += _quantity(raw)
+async def rebuild_item(core: CoreResources, item: Item, in_flight: int | None = None) -> int:
+    """Set the filter to stock - sold - units still in flight; returns the units set.
+
+    `in_flight` is counted from Redis and Postgres unless the caller already has it.
+    """
+    if in_flight is None:
+        in_flight = await _units_in_flight(core, item)
     remaining_units = max(item.remaining - in_flight, 0)
     await core.stock.set_remaining(item.item_id, remaining_units, item.per_user_limit)
     return remaining_units
+
+
+async def _units_in_flight(core: CoreResources, item: Item) -> int:
+    """Units of reservations whose purchase Postgres does not know yet."""
+    records = await core.stock.reservations(item.item_id)
+    pending = {pid: raw for shard in records.values() for pid, raw in shard.items()}
+    final = await known_statuses(core.pool, list(pending))
+    return sum(_quantity(raw) for pid, raw in pending.items() if pid not in final)
 
 
 def _quantity(raw: bytes) -> int:
@@ -99,7 +105,7 @@ class Reconciler:
         report.republished = await self._republish_stale(pending)
         in_flight = sum(m.quantity for m in pending)
         if any(level is None for level in levels) or self._drifted(item, levels, in_flight):
-            units = await rebuild_item(self.core, item)
+            units = await rebuild_item(self.core, item, in_flight)
             report.rebuilt.append(item.item_id)
             log.warning("stock filter of %s rebuilt from Postgres: %d units", item.item_id, units)
         return report
