@@ -1,7 +1,8 @@
 """Admission: the hot path of design.md, step by step.
 
-claim the idempotency record -> reserve units in a stock shard (with its
-reservation record) -> produce to Kafka -> mark the record published -> 202.
+replay a known key -> sold-out hint -> rate limits -> item -> claim the
+idempotency record -> reserve units in a stock shard (with its reservation
+record) -> produce to Kafka -> mark the record published -> 202.
 A crash between any two steps is repaired by a retry (same purchase id) or by
 the reconciler (it republishes reservation records Postgres does not know).
 """
@@ -9,24 +10,33 @@ the reconciler (it republishes reservation records Postgres does not know).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.errors import ApiError
 from gateway.hints import ItemHints
 from gateway.metrics import GatewayMetrics
-from services.errors import UnavailableError
+from gateway.ratelimit import CLIENT, ITEM, USER, RateLimits
+from services.errors import ItemNotFoundError, UnavailableError
 from services.failpoints import failpoint
 from services.producer import PRODUCE_TIMEOUT_S, PurchaseProducer
 from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
-from services.stockfilter.filter import Settlement
+from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, SHARD_MISSING, Settlement
 from services.stockfilter.idempotency import PUBLISHED, IdempotencyRecord, new_claim
+from services.store.items import Item, get_item
+from services.store.lookup import PurchaseLookup
+
+log = logging.getLogger(__name__)
 
 # A twin request (same user and key) still mid-admission: how long to wait for it
 # (longer than a produce may take, so the twin's outcome is known by then).
 TWIN_WAIT_S = PRODUCE_TIMEOUT_S + 1.0
 TWIN_POLL_S = 0.02
+# Refusals after which Postgres is asked whether the key was admitted before.
+REFUSALS_TO_CHECK = frozenset({"sold_out", "rate_limited"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +45,25 @@ class Admitted:
     replayed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """Where a reservation landed (shard None: nowhere) and the claim naming it."""
+
+    shard: int | None
+    claim: IdempotencyRecord
+    empty_shards: frozenset[int] = frozenset()
+    missing: bool = False
+
+
 class SoldOut(ApiError):
     def __init__(self, item_id: str) -> None:
         super().__init__(409, "sold_out", f"item {item_id} is sold out")
+
+
+def in_progress() -> ApiError:
+    return ApiError(
+        409, "in_progress", "the same request is still being admitted", {"Retry-After": "1"}
+    )
 
 
 class Admission:
@@ -47,108 +73,202 @@ class Admission:
         producer: PurchaseProducer,
         hints: ItemHints,
         metrics: GatewayMetrics,
+        limits: RateLimits,
+        lookup: PurchaseLookup,
     ) -> None:
         self.core = core
         self.producer = producer
         self.hints = hints
         self.metrics = metrics
+        self.limits = limits
+        self.lookup = lookup
         self.settings = core.settings
 
-    async def replay(self, user_id: str, key: str, item_id: str, quantity: int) -> Admitted | None:
-        """An earlier admission of this (user, key), or None when the key is new.
-
-        Looked up before rate limits and the sold-out hint, so a retry gets its
-        purchase id whatever the timing.
-        """
+    async def purchase(
+        self, user_id: str, key: str, item_id: str, quantity: int, client: str
+    ) -> Admitted:
+        """Every step of a POST /v1/purchases after validation, in order."""
         purchase_id = purchase_id_for(self.settings.secret, user_id, key)
         earlier = await self.core.idempotency.get(purchase_id)
-        if earlier is None:
-            return None
-        if earlier.state != PUBLISHED and earlier.item_id == item_id:
-            # A twin is mid-admission and may still fail: wait for its outcome.
-            return await self.admit(user_id, key, item_id, quantity)
-        return self._replay(purchase_id, earlier, item_id, quantity)
+        if earlier is not None and (earlier.state == PUBLISHED or earlier.item_id != item_id):
+            return self._replay(purchase_id, earlier.item_id, earlier.quantity, item_id, quantity)
+        try:
+            if earlier is None:  # a twin still mid-admission goes straight to waiting for it
+                if self.hints.is_sold_out(item_id):
+                    raise self.sold_out(item_id)
+                await self._check_rate_limits(user_id, client, item_id)
+            item = await self.item(item_id)
+            _check_quantity(item, quantity)
+            return await self._admit(purchase_id, user_id, key, item_id, quantity)
+        except ApiError as refused:
+            if refused.code not in REFUSALS_TO_CHECK:
+                raise
+            # Redis may have forgotten this key (restart, eviction, TTL): Postgres knows.
+            stored = await self.lookup.find(purchase_id)
+            if stored is None or stored.user_id != user_id:
+                raise
+            self.metrics.recovered.inc()
+            return self._replay(purchase_id, stored.item_id, stored.quantity, item_id, quantity)
 
     def sold_out(self, item_id: str) -> SoldOut:
         self.metrics.sold_out.labels("true").inc()
         return SoldOut(item_id)
 
-    async def admit(self, user_id: str, key: str, item_id: str, quantity: int) -> Admitted:
-        purchase_id = purchase_id_for(self.settings.secret, user_id, key)
-        claim = new_claim(user_id, item_id, quantity)
+    async def item(self, item_id: str) -> Item:
+        """From the in-process cache, unknown ids included, so a flood of bogus ids
+        costs no Postgres query each."""
+        cached = self.hints.item(item_id)
+        if cached is not None:
+            return cached
+        if not self.hints.is_missing(item_id):
+            try:
+                item = await get_item(self.core.pool, item_id)
+            except ItemNotFoundError:
+                self.hints.remember_missing(item_id)
+            else:
+                self.hints.remember_item(item)
+                return item
+        raise ApiError(404, "item_not_found", f"no item {item_id}")
+
+    async def _check_rate_limits(self, user_id: str, client: str, item_id: str) -> None:
+        for kind, identity in ((USER, user_id), (CLIENT, client), (ITEM, item_id)):
+            try:
+                await self.limits.check(kind, identity)
+            except ApiError:
+                self.metrics.rate_limited.labels(kind).inc()
+                raise
+
+    async def _admit(
+        self, purchase_id: str, user_id: str, key: str, item_id: str, quantity: int
+    ) -> Admitted:
+        first = self.core.stock.home_shard(purchase_id)
+        claim = new_claim(user_id, item_id, quantity, first)
         deadline = time.monotonic() + TWIN_WAIT_S
         while True:
             earlier = await self.core.idempotency.claim(purchase_id, claim)
             if earlier is None:
                 break
             if earlier.state == PUBLISHED or earlier.item_id != item_id:
-                return self._replay(purchase_id, earlier, item_id, quantity)
-            self._check_same_request(earlier, item_id, quantity)
-            if earlier.age_s > self.settings.reservation_stale_s:
-                claim = earlier  # its admitter died mid-way: finish the admission for it
-                break
-            if time.monotonic() > deadline:
-                raise ApiError(
-                    409,
-                    "in_progress",
-                    "the same request is still being admitted",
-                    {"Retry-After": "1"},
+                return self._replay(
+                    purchase_id, earlier.item_id, earlier.quantity, item_id, quantity
                 )
+            _check_same_request(earlier.item_id, earlier.quantity, item_id, quantity)
+            if earlier.age_s > self.settings.reservation_stale_s:
+                taken = await self._take_over(purchase_id, earlier)
+                if isinstance(taken, Admitted):
+                    return taken
+                if taken is not None:
+                    claim = taken
+                    break
+            if time.monotonic() > deadline:
+                raise in_progress()
             await asyncio.sleep(TWIN_POLL_S)
         failpoint(self.settings.failpoint, "gateway.after_claim")
-        return await self._reserve_and_publish(purchase_id, claim, user_id, key)
+        return await self._reserve_and_publish(purchase_id, claim, key)
 
-    def _replay(
-        self, purchase_id: str, earlier: IdempotencyRecord, item_id: str, quantity: int
-    ) -> Admitted:
-        self._check_same_request(earlier, item_id, quantity)
-        self.metrics.replayed.inc()
-        return Admitted(purchase_id, replayed=True)
-
-    @staticmethod
-    def _check_same_request(earlier: IdempotencyRecord, item_id: str, quantity: int) -> None:
-        if (earlier.item_id, earlier.quantity) != (item_id, quantity):
-            raise ApiError(
-                422,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body",
+    async def _take_over(
+        self, purchase_id: str, stale: IdempotencyRecord
+    ) -> IdempotencyRecord | Admitted | None:
+        """Finish the admission of an admitter that looks dead (or is slow, or has a
+        skewed clock): the renewed claim, the purchase when Postgres has it already,
+        or None when another request took it over first."""
+        stored = await self.lookup.find(purchase_id)
+        if stored is not None:
+            return self._replay(
+                purchase_id, stored.item_id, stored.quantity, stale.item_id, stale.quantity
             )
+        renewed = stale.renewed()
+        if await self.core.idempotency.swap(purchase_id, stale, renewed):
+            return renewed
+        return None
 
     async def _reserve_and_publish(
-        self, purchase_id: str, claim: IdempotencyRecord, user_id: str, key: str
+        self, purchase_id: str, claim: IdempotencyRecord, key: str
     ) -> Admitted:
-        item_id, quantity = claim.item_id, claim.quantity
+        item_id = claim.item_id
         admitted_at_ms = int(time.time() * 1000)
 
         def message_for(shard: int) -> PurchaseMessage:
             return PurchaseMessage(
-                purchase_id, user_id, key, item_id, quantity, shard, admitted_at_ms
+                purchase_id, claim.user_id, key, item_id, claim.quantity, shard, admitted_at_ms
             )
 
-        reservation = await self.core.stock.reserve(
-            item_id,
-            purchase_id,
-            quantity,
-            lambda shard: message_for(shard).encode(),
-            skip=self.hints.empty_shards(item_id),
-            first=claim.shard if claim.shard >= 0 else None,
-        )
-        self.hints.mark_empty(item_id, reservation.empty_shards)
-        if reservation.shard is None:
-            await self.core.idempotency.swap(purchase_id, claim, None)
-            if reservation.missing:
-                raise UnavailableError(f"stock filter of {item_id} is being rebuilt")
-            if len(self.hints.empty_shards(item_id)) >= self.core.stock.shards:
-                self.hints.mark_sold_out(item_id)  # every shard is empty, not just short
-            self.metrics.sold_out.labels("false").inc()
-            raise SoldOut(item_id)
+        # Marked before the reserve, so the reconciler sees a record a crash leaves.
+        await self.core.activity.mark(item_id)
+        reserved = await self._reserve(purchase_id, claim, message_for)
+        self.hints.mark_empty(item_id, reserved.empty_shards)
+        if reserved.shard is None:
+            await self._not_reserved(purchase_id, reserved)
+        assert reserved.shard is not None
         failpoint(self.settings.failpoint, "gateway.after_reserve")
-        message = message_for(reservation.shard)
-        await self._publish(message, claim)
+        if self.core.activity.stale_mark(item_id):
+            await self.core.activity.mark(item_id, force=True)  # paused between mark and reserve
+        await self._publish(message_for(reserved.shard), reserved.claim)
         failpoint(self.settings.failpoint, "gateway.after_produce")
-        await self.core.idempotency.swap(purchase_id, claim, claim.published(reservation.shard))
+        await self._mark_published(purchase_id, reserved.claim, reserved.shard)
         self.metrics.admitted.inc()
         return Admitted(purchase_id, replayed=False)
+
+    async def _reserve(
+        self,
+        purchase_id: str,
+        claim: IdempotencyRecord,
+        message_for: Callable[[int], PurchaseMessage],
+    ) -> Reserved:
+        """Try the claim's shard, then the others; the claim names each shard before
+        it is tried, so whoever takes this admission over looks in the right place."""
+        item_id, quantity = claim.item_id, claim.quantity
+        empty: set[int] = set()
+        missing = False
+        for shard in self.core.stock.shard_order(claim.shard, self.hints.empty_shards(item_id)):
+            if shard != claim.shard:
+                moved = claim.at_shard(shard)
+                if not await self.core.idempotency.swap(purchase_id, claim, moved):
+                    raise in_progress()  # taken over while we were slow: it decides now
+                claim = moved
+            code, left = await self.core.stock.reserve_at(
+                item_id, shard, purchase_id, quantity, message_for(shard).encode()
+            )
+            if code in (RESERVED, ALREADY_RESERVED):
+                return Reserved(shard, claim, frozenset(empty), missing)
+            if code == SHARD_MISSING:
+                missing = True  # not "empty": Redis lost it, and the reconciler refills it
+            elif left <= 0:
+                empty.add(shard)  # too few units for this request is not "empty"
+        return Reserved(None, claim, frozenset(empty), missing)
+
+    async def _not_reserved(self, purchase_id: str, reserved: Reserved) -> None:
+        """No shard had the units: drop the claim and say why."""
+        item_id = reserved.claim.item_id
+        await self.core.idempotency.swap(purchase_id, reserved.claim, None)
+        if reserved.missing:
+            await self.core.activity.mark(item_id, force=True)  # the reconciler rebuilds it
+            raise UnavailableError(f"stock filter of {item_id} is being rebuilt")
+        if len(self.hints.empty_shards(item_id)) >= self.core.stock.shards:
+            self.hints.mark_sold_out(item_id)  # every shard is empty, not just short
+        self.metrics.sold_out.labels("false").inc()
+        raise SoldOut(item_id)
+
+    async def _mark_published(self, purchase_id: str, claim: IdempotencyRecord, shard: int) -> None:
+        try:
+            await self.core.idempotency.swap(purchase_id, claim, claim.published(shard))
+        except UnavailableError as exc:
+            # The message is durable in Kafka and will be decided: answer 202. A retry
+            # finds the claim, takes it over when stale, and finds the same reservation.
+            self.metrics.publish_mark_errors.inc()
+            log.warning("admitted %s but could not mark it published: %s", purchase_id, exc)
+
+    def _replay(
+        self,
+        purchase_id: str,
+        earlier_item: str,
+        earlier_quantity: int,
+        item_id: str,
+        quantity: int,
+    ) -> Admitted:
+        _check_same_request(earlier_item, earlier_quantity, item_id, quantity)
+        self.metrics.replayed.inc()
+        return Admitted(purchase_id, replayed=True)
 
     async def _publish(self, message: PurchaseMessage, claim: IdempotencyRecord) -> None:
         started = time.perf_counter()
@@ -167,3 +287,23 @@ class Admission:
             await self.core.idempotency.swap(message.purchase_id, claim, None)
             raise
         self.metrics.produce_latency.observe(time.perf_counter() - started)
+
+
+def _check_same_request(
+    earlier_item: str, earlier_quantity: int, item_id: str, quantity: int
+) -> None:
+    if (earlier_item, earlier_quantity) != (item_id, quantity):
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        )
+
+
+def _check_quantity(item: Item, quantity: int) -> None:
+    if quantity > item.per_user_limit:
+        raise ApiError(
+            422,
+            "quantity_above_limit",
+            f"quantity may be at most {item.per_user_limit} for {item.item_id}",
+        )

@@ -18,6 +18,7 @@ from gateway.state import GATEWAY, Gateway
 from services.producer import open_producer
 from services.resources import open_core
 from services.settings import Settings
+from services.store.lookup import PurchaseLookup
 from services.store.notifications import result_listener
 
 # aiohttp's own cap on a body; the handlers apply the smaller limit of settings.
@@ -39,6 +40,8 @@ def create_app(settings: Settings) -> web.Application:
             stack.push_async_callback(limits.close)
             waiters = await stack.enter_async_context(result_listener(settings.database_url))
             hints = ItemHints(settings.item_cache_s, settings.sold_out_cache_s)
+            lookup = PurchaseLookup(core.pool)
+            stack.push_async_callback(lookup.close)
             app[GATEWAY] = Gateway(
                 settings=settings,
                 core=core,
@@ -47,7 +50,7 @@ def create_app(settings: Settings) -> web.Application:
                 hints=hints,
                 metrics=metrics,
                 waiters=waiters,
-                admission=Admission(core, producer, hints, metrics),
+                admission=Admission(core, producer, hints, metrics, limits, lookup),
             )
             yield
 

@@ -51,6 +51,16 @@ class GatewayMetrics:
             "Kafka produce failures (reservation given back)",
             registry=r,
         )
+        self.recovered = Counter(
+            "flashsale_recovered_from_store",
+            "retries answered from Postgres after Redis forgot their key",
+            registry=r,
+        )
+        self.publish_mark_errors = Counter(
+            "flashsale_publish_mark_errors",
+            "admissions answered 202 although Redis failed after the produce",
+            registry=r,
+        )
         self.produce_latency = Histogram(
             "flashsale_produce_seconds",
             "Kafka produce latency",

@@ -1,12 +1,17 @@
 """The reconciler: repairs the efficiency layer (Redis) from the correctness layer (Postgres).
 
-Safe to run in several processes at once: every step is idempotent (settling a
-record twice gives nothing back twice; a purchase published twice is applied
-once by Postgres' unique key).
+Safe to run in several processes at once: every step is idempotent or commutes
+(settling a record twice gives nothing back twice; a purchase published twice is
+applied once by Postgres' unique key; the filter only ever changes by increments,
+never by an overwrite that could erase a concurrent reserve or give-back).
+
+A pass visits only items with work to do: those gateways marked active
+(services/stockfilter/activity.py), a bounded number per pass.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,17 +19,21 @@ from dataclasses import dataclass, field
 
 from services.resources import CoreResources
 from services.schema import MessageError, PurchaseMessage
-from services.stockfilter.filter import Settlement
-from services.store.decide import REJECTED
-from services.store.items import Item, list_items
+from services.stockfilter.filter import Settlement, ShardSnapshot, StockFilter
+from services.store.db import database_errors
+from services.store.decide import CONFIRMED, REJECTED
+from services.store.items import Item, ItemWrite, get_items
 from services.store.purchases import known_statuses
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[PurchaseMessage], Awaitable[object]]
-# Passes in a row an idle item's filter must show the same missing units before a rebuild.
+# Passes in a row an idle item's filter must show the same drift before a repair:
+# a sale in progress is never second-guessed.
 IDLE_PASSES = 3
 REPUBLISH_MEMORY_S = 600.0
+# Items looked at per pass: bounds a pass however many items are selling.
+ITEMS_PER_PASS = 500
 
 
 @dataclass
@@ -32,36 +41,136 @@ class ReconcileReport:
     settled: int = 0
     republished: int = 0
     rebuilt: list[str] = field(default_factory=list)
+    visited: int = 0
+    forgotten: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.settled or self.republished or self.rebuilt)
 
+    def add(self, other: ReconcileReport) -> None:
+        self.settled += other.settled
+        self.republished += other.republished
+        self.rebuilt += other.rebuilt
+        self.visited += other.visited
+        self.forgotten += other.forgotten
 
-async def rebuild_item(core: CoreResources, item: Item, in_flight: int | None = None) -> int:
-    """Set the filter to stock - sold - units still in flight; returns the units set.
 
-    `in_flight` is counted from Redis and Postgres unless the caller already has it.
+@dataclass(frozen=True, slots=True)
+class FilterView:
+    """An item's filter read from Redis first and Postgres second.
+
+    Every purchase settled after the Redis snapshot is still in it, and Postgres
+    is read in one snapshot, so `sold` and the statuses agree with each other.
     """
-    if in_flight is None:
-        in_flight = await _units_in_flight(core, item)
-    remaining_units = max(item.remaining - in_flight, 0)
-    await core.stock.set_remaining(item.item_id, remaining_units, item.per_user_limit)
-    return remaining_units
+
+    item: Item
+    shards: list[ShardSnapshot]
+    messages: list[PurchaseMessage]
+    final: dict[str, str]
+
+    @property
+    def missing(self) -> list[int]:
+        return [i for i, shard in enumerate(self.shards) if shard.units is None]
+
+    @property
+    def filter_units(self) -> int:
+        return sum(shard.units or 0 for shard in self.shards)
+
+    @property
+    def held_units(self) -> int:
+        """Units in reservation records not counted in `sold`: in flight, or rejected
+        (the settle that drops a rejected record gives its units back itself)."""
+        return sum(m.quantity for m in self.messages if self.final.get(m.purchase_id) != CONFIRMED)
+
+    @property
+    def drift(self) -> int:
+        """Units the filter lacks (positive) or holds too many (negative)."""
+        return self.item.remaining - self.held_units - self.filter_units
 
 
-async def _units_in_flight(core: CoreResources, item: Item) -> int:
-    """Units of reservations whose purchase Postgres does not know yet."""
-    records = await core.stock.reservations(item.item_id)
-    pending = {pid: raw for shard in records.values() for pid, raw in shard.items()}
-    final = await known_statuses(core.pool, list(pending))
-    return sum(_quantity(raw) for pid, raw in pending.items() if pid not in final)
+async def read_views(core: CoreResources, item_ids: list[str]) -> list[FilterView]:
+    shard_lists = await asyncio.gather(*(core.stock.snapshot(i) for i in item_ids))
+    snapshots = dict(zip(item_ids, shard_lists, strict=True))
+    messages = {item_id: _decode_all(shards) for item_id, shards in snapshots.items()}
+    purchase_ids = [m.purchase_id for ms in messages.values() for m in ms]
+    async with (
+        database_errors(),
+        core.pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        items = await get_items(conn, item_ids)
+        final = await known_statuses(conn, purchase_ids)
+    return [
+        FilterView(items[item_id], snapshots[item_id], messages[item_id], final)
+        for item_id in item_ids
+        if item_id in items
+    ]
 
 
-def _quantity(raw: bytes) -> int:
-    try:
-        return PurchaseMessage.decode(raw).quantity
-    except MessageError:
-        return 0
+async def repair(stock: StockFilter, view: FilterView, per_request: int) -> int:
+    """Bring the filter to `remaining - held`: fill lost shards, and add the drift to
+    the others only where they still hold what the view saw. Returns units added."""
+    target = view.item.remaining - view.held_units
+    to_spread = target - view.filter_units
+    missing = view.missing
+    if missing:
+        share = max(to_spread, 0)
+        for index, shard in enumerate(missing):
+            units = share // len(missing) + (1 if index < share % len(missing) else 0)
+            await stock.fill(view.item.item_id, shard, units)
+        to_spread -= share
+    levels = _levels(view.shards)
+    for shard, units in spread_plan(levels, to_spread, per_request).items():
+        await stock.adjust(view.item.item_id, shard, units, expect=levels[shard])
+    return target - view.filter_units
+
+
+def _levels(shards: list[ShardSnapshot]) -> dict[int, int]:
+    return {i: s.units for i, s in enumerate(shards) if s.units is not None}
+
+
+def spread_plan(levels: dict[int, int], units: int, per_request: int = 1) -> dict[int, int]:
+    """How to add `units` (or take, when negative) over shards at `levels`.
+
+    Units go to the emptiest shards, in lots a request can use; units are taken
+    from the fullest, and what they lack becomes a debt on the fullest one.
+    """
+    plan: dict[int, int] = {}
+    if not levels or units == 0:
+        return plan
+    if units > 0:
+        order = sorted(levels, key=lambda i: levels[i])
+        used = max(1, min(len(order), units // max(per_request, 1)))
+        for index, shard in enumerate(order[:used]):
+            plan[shard] = units // used + (1 if index < units % used else 0)
+        return plan
+    owed = -units
+    order = sorted(levels, key=lambda i: -levels[i])
+    for shard in order:
+        take = min(owed, max(levels[shard], 0))
+        if take:
+            plan[shard] = -take
+            owed -= take
+    if owed:
+        plan[order[0]] = plan.get(order[0], 0) - owed
+    return plan
+
+
+async def apply_item_write(core: CoreResources, written: ItemWrite) -> None:
+    """Load the filter of a new item; change an existing one by exactly new - old
+    stock, an increment that cannot erase reserves or settlements in flight."""
+    item = written.item
+    if written.old_stock is None:
+        await core.stock.set_remaining(item.item_id, item.remaining, item.per_user_limit)
+        return
+    shards = await core.stock.snapshot(item.item_id)
+    if any(shard.units is None for shard in shards):
+        (view,) = await read_views(core, [item.item_id])
+        await repair(core.stock, view, item.per_user_limit)
+        return
+    delta = item.stock - written.old_stock
+    for shard, units in spread_plan(_levels(shards), delta, item.per_user_limit).items():
+        await core.stock.adjust(item.item_id, shard, units)
 
 
 @dataclass
@@ -73,41 +182,52 @@ class Reconciler:
     stale_s: float
     # Republish a record at most once per stale period, however long the log lags.
     republished_at: dict[str, float] = field(default_factory=dict)
-    # item -> (filter units, drift) seen by the last passes while the item was idle.
+    # item -> (filter units, drift) seen by the last passes.
     idle_drift: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    items_per_pass: int = ITEMS_PER_PASS
+    _cursor: int = 0
 
     async def run_once(self) -> ReconcileReport:
+        """One step through the active items (a full cycle may take several passes)."""
+        self._cursor, item_ids = await self.core.activity.scan(self._cursor, self.items_per_pass)
         total = ReconcileReport()
-        for item in await list_items(self.core.pool):
-            report = await self.reconcile_item(item)
-            total.settled += report.settled
-            total.republished += report.republished
-            total.rebuilt += report.rebuilt
+        for start in range(0, len(item_ids), self.items_per_pass):
+            chunk = list(dict.fromkeys(item_ids[start : start + self.items_per_pass]))
+            for view in await read_views(self.core, chunk):
+                total.add(await self.reconcile(view))
         self._forget_old_republishes()
         return total
 
-    async def reconcile_item(self, item: Item) -> ReconcileReport:
-        report = ReconcileReport()
-        levels = await self.core.stock.shard_levels(item.item_id)
-        messages = _decode_all(await self.core.stock.reservations(item.item_id))
-        final = await known_statuses(self.core.pool, [m.purchase_id for m in messages])
+    async def reconcile_item(self, item_id: str) -> ReconcileReport:
+        views = await read_views(self.core, [item_id])
+        return await self.reconcile(views[0]) if views else ReconcileReport()
+
+    async def reconcile(self, view: FilterView) -> ReconcileReport:
+        report = ReconcileReport(visited=1)
+        item = view.item
         settle = [
             Settlement(
-                m.item_id, m.shard, m.purchase_id, m.quantity, final[m.purchase_id] == REJECTED
+                m.item_id, m.shard, m.purchase_id, m.quantity, view.final[m.purchase_id] == REJECTED
             )
-            for m in messages
-            if m.purchase_id in final
+            for m in view.messages
+            if m.purchase_id in view.final
         ]
         if settle:
             await self.core.stock.settle(settle)
             report.settled = len(settle)
-        pending = [m for m in messages if m.purchase_id not in final]
+        pending = [m for m in view.messages if m.purchase_id not in view.final]
         report.republished = await self._republish_stale(pending)
-        in_flight = sum(m.quantity for m in pending)
-        if any(level is None for level in levels) or self._drifted(item, levels, in_flight):
-            units = await rebuild_item(self.core, item, in_flight)
+        if view.missing or self._drift_settled(view):
+            units = await repair(self.core.stock, view, item.per_user_limit)
             report.rebuilt.append(item.item_id)
-            log.warning("stock filter of %s rebuilt from Postgres: %d units", item.item_id, units)
+            log.warning("stock filter of %s repaired from Postgres: %+d units", item.item_id, units)
+        elif (
+            not view.messages
+            and view.drift == 0
+            and await self.core.activity.forget_if_quiet(item.item_id)
+        ):
+            self.idle_drift.pop(item.item_id, None)
+            report.forgotten = 1
         return report
 
     async def _republish_stale(self, pending: list[PurchaseMessage]) -> int:
@@ -125,16 +245,13 @@ class Reconciler:
                 count += 1
         return count
 
-    def _drifted(self, item: Item, levels: list[int | None], in_flight: int) -> bool:
-        """Units lost from the filter (undersell risk), seen on IDLE_PASSES passes in a
-        row with the filter unchanged: a sale in progress is never second-guessed."""
-        units = sum(level or 0 for level in levels)
-        drift = item.remaining - in_flight - units
-        history = self.idle_drift.setdefault(item.item_id, [])
-        history.append((units, drift))
+    def _drift_settled(self, view: FilterView) -> bool:
+        """A drift seen on IDLE_PASSES passes in a row with the filter unchanged."""
+        history = self.idle_drift.setdefault(view.item.item_id, [])
+        history.append((view.filter_units, view.drift))
         del history[:-IDLE_PASSES]
         settled = len(history) == IDLE_PASSES and len(set(history)) == 1
-        if settled and drift > 0:
+        if settled and view.drift != 0:
             history.clear()
             return True
         return False
@@ -145,10 +262,10 @@ class Reconciler:
             del self.republished_at[purchase_id]
 
 
-def _decode_all(records: dict[int, dict[str, bytes]]) -> list[PurchaseMessage]:
+def _decode_all(shards: list[ShardSnapshot]) -> list[PurchaseMessage]:
     messages = []
-    for shard_records in records.values():
-        for raw in shard_records.values():
+    for shard in shards:
+        for raw in shard.records.values():
             try:
                 messages.append(PurchaseMessage.decode(raw))
             except MessageError:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.settings import Settings
+from services.stockfilter.activity import ActiveItems
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, close_redis, open_redis
 from services.stockfilter.filter import StockFilter
@@ -26,6 +27,7 @@ class CoreResources:
     redis: RedisClient
     stock: StockFilter
     idempotency: IdempotencyStore
+    activity: ActiveItems
 
 
 @contextlib.asynccontextmanager
@@ -50,4 +52,5 @@ async def open_core(
             redis=redis,
             stock=StockFilter(redis, settings.stock_shards, pipe),
             idempotency=IdempotencyStore(redis, settings.idempotency_ttl_s, pipe),
+            activity=ActiveItems(redis, pipe),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +35,14 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardSnapshot:
+    """One shard at one instant: units (None when Redis lost the shard) and records."""
+
+    units: int | None
+    records: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class Settlement:
     item_id: str
     shard: int
@@ -48,6 +58,32 @@ class StockFilter:
         self.pipe = pipe or AutoPipeline(redis)
         self._reserve = redis.register_script(_lua("reserve.lua"))
         self._settle = redis.register_script(_lua("settle.lua"))
+        self._snapshot = redis.register_script(_lua("snapshot.lua"))
+        self._adjust = redis.register_script(_lua("adjust.lua"))
+        self._fill = redis.register_script(_lua("fill.lua"))
+
+    def home_shard(self, purchase_id: str) -> int:
+        """The shard a purchase tries first: a function of its id, so a retry or a
+        takeover of a dead admission looks where the first attempt did."""
+        digest = hashlib.blake2b(purchase_id.encode(), digest_size=4).digest()
+        return int.from_bytes(digest, "big") % self.shards
+
+    def shard_order(self, start: int, skip: Iterable[int] = ()) -> list[int]:
+        """Shards from `start` on, known-empty ones (but never `start`) left out."""
+        skipped = set(skip)
+        order = [(start + i) % self.shards for i in range(self.shards)]
+        return [s for s in order if s == start or s not in skipped]
+
+    async def reserve_at(
+        self, item_id: str, shard: int, purchase_id: str, quantity: int, record: bytes
+    ) -> tuple[int, int]:
+        """(code, units left) of reserve.lua on one shard."""
+        keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
+        async with redis_errors():
+            code, left = await self.pipe.script(
+                self._reserve, keys, [purchase_id, quantity, record]
+            )
+        return int(code), int(left)
 
     async def reserve(
         self,
@@ -59,24 +95,18 @@ class StockFilter:
         first: int | None = None,
     ) -> Reservation:
         """Try shards starting at a random (or given) one, skipping known-empty ones."""
-        skipped = set(skip)
         start = random.randrange(self.shards) if first is None else first
-        order = [(start + i) % self.shards for i in range(self.shards)]
         empty: set[int] = set()
         missing = False
-        for shard in order:
-            if shard in skipped and shard != first:
-                continue
-            keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
-            async with redis_errors():
-                code, left = await self.pipe.script(
-                    self._reserve, keys, [purchase_id, quantity, record_for(shard)]
-                )
+        for shard in self.shard_order(start, skip):
+            code, left = await self.reserve_at(
+                item_id, shard, purchase_id, quantity, record_for(shard)
+            )
             if code in (RESERVED, ALREADY_RESERVED):
                 return Reservation(shard, missing, frozenset(empty))
             if code == SHARD_MISSING:
                 missing = True  # not "empty": Redis lost it, and the rebuild refills it
-            elif int(left) == 0:
+            elif left <= 0:
                 empty.add(shard)  # too few units for this request is not "empty"
         return Reservation(None, missing, frozenset(empty))
 
@@ -108,6 +138,33 @@ class StockFilter:
             for shard in range(self.shards):
                 units = base + (1 if shard < extra else 0) if shard < used else 0
                 await self.redis.set(stock_key(item_id, shard), units)
+
+    async def snapshot(self, item_id: str) -> list[ShardSnapshot]:
+        """Every shard, each read atomically with its records (one round trip in all)."""
+        return list(
+            await asyncio.gather(*(self._shard_snapshot(item_id, s) for s in range(self.shards)))
+        )
+
+    async def _shard_snapshot(self, item_id: str, shard: int) -> ShardSnapshot:
+        keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
+        async with redis_errors():
+            units, flat = await self.pipe.script(self._snapshot, keys, [])
+        records = {_text(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return ShardSnapshot(None if units is None else int(units), records)
+
+    async def adjust(self, item_id: str, shard: int, units: int, expect: int | None = None) -> bool:
+        """Add `units` (may be negative) to a shard that exists; with `expect`, only
+        if the shard still holds that many. False when nothing was changed."""
+        args = [units] if expect is None else [units, expect]
+        async with redis_errors():
+            code, _level = await self.pipe.script(self._adjust, [stock_key(item_id, shard)], args)
+        return int(code) == 1
+
+    async def fill(self, item_id: str, shard: int, units: int) -> bool:
+        """Set a missing shard; False when it exists already."""
+        async with redis_errors():
+            done = await self.pipe.script(self._fill, [stock_key(item_id, shard)], [units])
+        return int(done) == 1
 
     async def shard_levels(self, item_id: str) -> list[int | None]:
         levels: list[int | None] = []

@@ -57,10 +57,19 @@ class IdempotencyRecord:
     def published(self, shard: int) -> IdempotencyRecord:
         return replace(self, state=PUBLISHED, shard=shard)
 
+    def at_shard(self, shard: int) -> IdempotencyRecord:
+        """The claim before its admitter tries another shard: a reservation of this
+        purchase can only ever be at the shard its claim names."""
+        return replace(self, shard=shard)
 
-def new_claim(user_id: str, item_id: str, quantity: int) -> IdempotencyRecord:
+    def renewed(self) -> IdempotencyRecord:
+        """The claim taken over from an admitter that looks dead: a new owner and age."""
+        return replace(self, ts_ms=int(time.time() * 1000), nonce=secrets.token_hex(8))
+
+
+def new_claim(user_id: str, item_id: str, quantity: int, shard: int = -1) -> IdempotencyRecord:
     return IdempotencyRecord(
-        user_id, item_id, quantity, CLAIMED, -1, int(time.time() * 1000), secrets.token_hex(8)
+        user_id, item_id, quantity, CLAIMED, shard, int(time.time() * 1000), secrets.token_hex(8)
     )
 
 

@@ -24,3 +24,7 @@ def idempotency_key(purchase_id: str) -> str:
 
 def limits_prefix() -> str:
     return f"{PREFIX}:limits"
+
+
+def active_items_key() -> str:
+    return f"{PREFIX}:active"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.errors import ItemNotFoundError, StockBelowSoldError
-from services.store.db import database_errors
+from services.store.db import Connection, database_errors
 from services.store.queries import query
 
 ITEM_LIST_LIMIT = 1000
@@ -38,18 +38,45 @@ class Item:
         return cls(row["item_id"], row["stock"], row["sold"], row["per_user_limit"])
 
 
-async def upsert_item(
+@dataclass(frozen=True, slots=True)
+class ItemWrite:
+    """An admin write: the item after it, and its stock before (None: just created)."""
+
+    item: Item
+    old_stock: int | None
+
+    @property
+    def created(self) -> bool:
+        return self.old_stock is None
+
+
+async def write_item(
     pool: asyncpg.Pool, item_id: str, stock: int, per_user_limit: int
-) -> tuple[Item, bool]:
-    """(item, created). StockBelowSoldError when stock would drop below sold."""
-    async with database_errors():
-        row = await pool.fetchrow(query("upsert_item"), item_id, stock, per_user_limit)
+) -> ItemWrite:
+    """Create or update an item. StockBelowSoldError when stock would drop below sold."""
+    async with database_errors(), pool.acquire() as conn, conn.transaction():
+        old_stock = await conn.fetchval(query("lock_item"), item_id)
+        if old_stock is None:
+            row = await conn.fetchrow(query("insert_item"), item_id, stock, per_user_limit)
+            if row is not None:
+                return ItemWrite(Item.from_row(row), None)
+            # Created by a concurrent write since our read: lock it and update.
+            old_stock = await conn.fetchval(query("lock_item"), item_id)
+        row = await conn.fetchrow(query("update_item"), item_id, stock, per_user_limit)
     if row is None:
         current = await get_item(pool, item_id)
         raise StockBelowSoldError(
             f"item {item_id} has sold {current.sold} units; stock cannot be {stock}"
         )
-    return Item.from_row(row), bool(row["created"])
+    return ItemWrite(Item.from_row(row), int(old_stock))
+
+
+async def upsert_item(
+    pool: asyncpg.Pool, item_id: str, stock: int, per_user_limit: int
+) -> tuple[Item, bool]:
+    """(item, created). StockBelowSoldError when stock would drop below sold."""
+    written = await write_item(pool, item_id, stock, per_user_limit)
+    return written.item, written.created
 
 
 async def get_item(pool: asyncpg.Pool, item_id: str) -> Item:
@@ -64,3 +91,9 @@ async def list_items(pool: asyncpg.Pool, limit: int = ITEM_LIST_LIMIT) -> list[I
     async with database_errors():
         rows = await pool.fetch(query("list_items"), limit)
     return [Item.from_row(row) for row in rows]
+
+
+async def get_items(conn: Connection, item_ids: list[str]) -> dict[str, Item]:
+    async with database_errors():
+        rows = await conn.fetch(query("get_items"), item_ids)
+    return {row["item_id"]: Item.from_row(row) for row in rows}

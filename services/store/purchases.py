@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.store.db import database_errors
+from services.store.db import Connection, database_errors
 from services.store.queries import query
 
 RESULTS_CHANNEL = "flashsale_results"
@@ -27,8 +27,10 @@ class PurchaseRow:
 async def get_purchase(pool: asyncpg.Pool, purchase_id: str) -> PurchaseRow | None:
     async with database_errors():
         row = await pool.fetchrow(query("get_purchase"), purchase_id)
-    if row is None:
-        return None
+    return None if row is None else row_to_purchase(row)
+
+
+def row_to_purchase(row: asyncpg.Record) -> PurchaseRow:
     return PurchaseRow(
         row["purchase_id"],
         row["user_id"],
@@ -39,9 +41,11 @@ async def get_purchase(pool: asyncpg.Pool, purchase_id: str) -> PurchaseRow | No
     )
 
 
-async def known_statuses(pool: asyncpg.Pool, purchase_ids: list[str]) -> dict[str, str]:
+async def known_statuses(
+    conn: Connection | asyncpg.Pool, purchase_ids: list[str]
+) -> dict[str, str]:
     async with database_errors():
-        rows = await pool.fetch(query("known_purchases"), purchase_ids)
+        rows = await conn.fetch(query("known_purchases"), purchase_ids)
     return {row["purchase_id"]: row["status"] for row in rows}
 
 

@@ -1,12 +1,3 @@
--- name: upsert_item
--- Lowering stock below what is sold updates nothing (the caller answers 409).
-INSERT INTO items AS i (item_id, stock, per_user_limit)
-VALUES ($1, $2, $3)
-ON CONFLICT (item_id) DO UPDATE
-    SET stock = EXCLUDED.stock, per_user_limit = EXCLUDED.per_user_limit, updated_at = now()
-    WHERE i.sold <= EXCLUDED.stock
-RETURNING item_id, stock, sold, per_user_limit, (xmax = 0) AS created;
-
 -- name: get_item
 SELECT item_id, stock, sold, per_user_limit FROM items WHERE item_id = $1;
 
@@ -19,3 +10,22 @@ SELECT item_id, stock, sold, per_user_limit
 FROM items WHERE item_id = ANY($1::text[])
 ORDER BY item_id
 FOR UPDATE;
+
+-- name: get_items
+SELECT item_id, stock, sold, per_user_limit FROM items WHERE item_id = ANY($1::text[]);
+
+-- name: lock_item
+-- The stock before an admin write, read under the row lock the write takes:
+-- the filter then changes by exactly new - old, whatever runs concurrently.
+SELECT stock FROM items WHERE item_id = $1 FOR UPDATE;
+
+-- name: insert_item
+INSERT INTO items (item_id, stock, per_user_limit) VALUES ($1, $2, $3)
+ON CONFLICT (item_id) DO NOTHING
+RETURNING item_id, stock, sold, per_user_limit;
+
+-- name: update_item
+-- Lowering stock below what is sold updates nothing (the caller answers 409).
+UPDATE items SET stock = $2, per_user_limit = $3, updated_at = now()
+WHERE item_id = $1 AND sold <= $2
+RETURNING item_id, stock, sold, per_user_limit;

@@ -53,3 +53,7 @@ FROM purchases WHERE item_id = $1 GROUP BY status;
 
 -- name: notify_results
 SELECT pg_notify($1, $2);
+
+-- name: get_purchases
+SELECT purchase_id, user_id, item_id, quantity, status, reason
+FROM purchases WHERE purchase_id = ANY($1::text[]);
