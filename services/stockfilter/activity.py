@@ -68,7 +68,9 @@ class ActiveItems:
 
     async def forget_if_quiet(self, item_id: str) -> bool:
         async with redis_errors():
-            removed = await self.pipe.script(self._forget, [active_items_key()], [item_id, self.quiet_s])
+            removed = await self.pipe.script(
+                self._forget, [active_items_key()], [item_id, self.quiet_s]
+            )
         return int(removed) == 1
 
 
