@@ -7,14 +7,24 @@ import contextlib
 import logging
 import signal
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
-from consumers.worker import LeaseListener, PurchaseConsumer, RejoinStuckError, consumer_name
-from services.errors import UnavailableError
+from consumers.worker import (
+    ConsumerStats,
+    LeaseListener,
+    PurchaseConsumer,
+    RejoinStuckError,
+    consumer_name,
+)
+from services.errors import FlashsaleError, UnavailableError
 from services.logs import setup_logging
-from services.producer import open_producer
+from services.producer import PurchaseProducer, open_producer
 from services.reconciler import Reconciler
 from services.resources import CoreResources, open_core
+from services.schema import PurchaseMessage
 from services.settings import Settings
 from services.store.leases import ensure_leases
 from services.topics import ensure_topic
@@ -60,18 +70,81 @@ async def prepare(settings: Settings, core: CoreResources) -> None:
             await asyncio.sleep(STARTUP_RETRY_S)
 
 
-async def reconcile_forever(settings: Settings, core: CoreResources, stop: asyncio.Event) -> None:
-    async with open_producer(settings) as producer:
-        reconciler = Reconciler(core, producer.publish, settings.reservation_stale_s)
-        while not stop.is_set():
-            try:
-                report = await reconciler.run_once()
-                if report:
-                    log.info("reconciled: %s", report)
-            except UnavailableError as exc:
-                log.warning("reconciler: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=settings.reconcile_interval_s)
+# Errors of the world, not of our code: the reconciler retries them for ever.
+RECONCILE_RETRIED: tuple[type[BaseException], ...] = (
+    FlashsaleError,
+    KafkaError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    RedisError,
+)
+RECONCILE_BACKOFF_MAX_S = 30.0
+
+
+class _ProducerSlot:
+    """The reconciler keeps its memory across producers reopened after a failure."""
+
+    def __init__(self) -> None:
+        self.producer: PurchaseProducer | None = None
+
+    async def publish(self, message: PurchaseMessage) -> tuple[int, int]:
+        if self.producer is None:
+            raise UnavailableError("the reconciler has no producer open")
+        return await self.producer.publish(message)
+
+
+async def reconcile_forever(
+    settings: Settings, core: CoreResources, stop: asyncio.Event, stats: ConsumerStats
+) -> None:
+    """Run reconciler passes until stopped, surviving every failure but a bug.
+
+    A consumer without its reconciler would still run but leave reservations
+    unpublished and filters unrepaired, silently: so any failure is counted,
+    logged and retried with a backoff (the producer reopened); a bug (TypeError,
+    say) propagates, and `serve` stops the process with it (exit non-zero).
+    """
+    slot = _ProducerSlot()
+    reconciler = Reconciler(core, slot.publish, settings.reservation_stale_s)
+    backoff_s = settings.reconcile_interval_s
+    while not stop.is_set():
+        passes_before = stats.reconciler_passes
+        try:
+            async with open_producer(settings) as producer:
+                slot.producer = producer
+                await _reconcile_passes(reconciler, settings, stop, stats)
+        except RECONCILE_RETRIED as exc:
+            stats.reconciler_failures += 1
+            if stats.reconciler_passes > passes_before:
+                backoff_s = settings.reconcile_interval_s  # a new run of failures
+            log.warning(
+                "reconciler failed (%d failures so far), retrying in %.1fs: %r",
+                stats.reconciler_failures,
+                backoff_s,
+                exc,
+            )
+            await _wait(stop, backoff_s)
+            backoff_s = min(backoff_s * 2, RECONCILE_BACKOFF_MAX_S)
+        finally:
+            slot.producer = None
+
+
+async def _reconcile_passes(
+    reconciler: Reconciler, settings: Settings, stop: asyncio.Event, stats: ConsumerStats
+) -> None:
+    """Passes until stopped; the first failure ends them (the caller reopens and retries)."""
+    while not stop.is_set():
+        report = await reconciler.run_once()
+        stats.reconciler_passes += 1
+        if report:
+            log.info("reconciled: %s", report)
+        await _wait(stop, settings.reconcile_interval_s)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def serve(settings: Settings) -> None:
@@ -84,15 +157,18 @@ async def serve(settings: Settings) -> None:
     ) as core:
         await prepare(settings, core)
         worker = PurchaseConsumer(settings, core, build_kafka_consumer(settings))
-        reconciler = asyncio.create_task(reconcile_forever(settings, core, stop))
+        reconciler = asyncio.create_task(reconcile_forever(settings, core, stop, worker.stats))
+        # A reconciler that died of a bug stops the consumer: `await reconciler`
+        # below raises it, and the process exits non-zero instead of running on
+        # without anyone republishing lost purchases.
+        reconciler.add_done_callback(lambda _: stop.set())
         try:
             while not stop.is_set():
                 await consume_until_stuck(settings, worker, stop)
         finally:
             stop.set()
-            with contextlib.suppress(asyncio.CancelledError, UnavailableError):
-                await reconciler
-            log.info("consumer %s stopped: %s", worker.name, worker.stats)
+            log.info("consumer %s stopping: %s", worker.name, worker.stats)
+            await reconciler
 
 
 async def consume_until_stuck(

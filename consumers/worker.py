@@ -14,7 +14,7 @@ from typing import TypeAlias
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumers.logcheck import records_at
+from consumers.logcheck import LogVerdict, RecordAt, judge_log, records_at
 from services.errors import FencedError, FlashsaleError, UnavailableError
 from services.failpoints import failpoint
 from services.resources import CoreResources
@@ -24,11 +24,19 @@ from services.stockfilter.filter import Settlement
 from services.store.batch import BatchResult, Lease, apply_batch
 from services.store.db import database_errors
 from services.store.decide import REJECTED, Record
-from services.store.leases import LeaseGrant, acquire_lease, start_log_generation
+from services.store.leases import (
+    LeaseGrant,
+    acquire_lease,
+    acquire_quiet_lease,
+    start_log_generation,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_MAX_S = 2.0
+# How often the poll loop retries partitions whose lease or log check failed: the
+# log check can block the loop for its whole timeout.
+PENDING_RETRY_S = 1.0
 
 
 class RejoinStuckError(FlashsaleError):
@@ -49,6 +57,8 @@ class ConsumerStats:
     confirmed: int = 0
     rejected: int = 0
     fenced: int = 0
+    reconciler_passes: int = 0
+    reconciler_failures: int = 0
 
 
 @dataclass
@@ -66,9 +76,10 @@ class LeaseListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.worker.unassigned_since = time.monotonic()
+        # A batch fetched before the revoke may still be handled: no further ones.
+        self.worker.kafka.pause(*(tp for tp in revoked if tp in self.worker.kafka.assignment()))
         for tp in revoked:
-            self.worker.leases.epochs.pop(tp.partition, None)
-            self.worker.pending.discard(tp)
+            self.worker.forget(tp)
         if revoked:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
@@ -79,9 +90,9 @@ class LeaseListener(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
         # Nothing is read from a partition until its lease is ours.
         self.worker.kafka.pause(*assigned)
-        self.worker.pending.update(assigned)
+        self.worker.mark_assigned(assigned)
         try:
-            await self.worker.take_pending()
+            await self.worker.take_pending(in_rebalance=True)
         except (UnavailableError, KafkaError) as exc:
             log.warning("taking leases later: %s", exc)
 
@@ -93,8 +104,17 @@ class PurchaseConsumer:
         self.kafka = kafka
         self.name = consumer_name(settings)
         self.leases = LeaseBook()
+        # Assigned partitions not read yet (paused): lease or log check still to do.
         self.pending: set[TopicPartition] = set()
+        # When the rebalance listener saw each pending partition assigned (monotonic).
+        self.assigned_at: dict[TopicPartition, float] = {}
+        # Leases taken whose log check has not answered yet: retried without a new bump.
+        self.grants: dict[TopicPartition, LeaseGrant] = {}
+        # Assigned partitions another member holds the lease of: not read (paused)
+        # until a rebalance takes them away; since when (monotonic).
+        self.blocked_since: dict[TopicPartition, float] = {}
         self.unassigned_since: float | None = time.monotonic()
+        self._retry_pending_at = 0.0
         # The rebalance listener and the poll loop both take pending leases: one at a time.
         self._taking = asyncio.Lock()
         self.stats = ConsumerStats()
@@ -104,52 +124,134 @@ class PurchaseConsumer:
         self.kafka = kafka
         self.leases.epochs.clear()
         self.pending.clear()
+        self.assigned_at.clear()
+        self.grants.clear()
+        self.blocked_since.clear()
         self.unassigned_since = time.monotonic()
 
-    def check_not_stuck(self) -> None:
-        since = self.unassigned_since
-        if since is not None and time.monotonic() - since > self.settings.rejoin_stuck_s:
-            raise RejoinStuckError(f"no assignment for {time.monotonic() - since:.0f}s")
+    def mark_assigned(self, assigned: list[TopicPartition]) -> None:
+        now = time.monotonic()
+        for tp in assigned:
+            self.pending.add(tp)
+            self.assigned_at[tp] = now
+            self.blocked_since.pop(tp, None)
 
-    async def take_pending(self) -> None:
+    def forget(self, tp: TopicPartition) -> None:
+        """The partition is not ours (revoked, or no longer in Kafka's assignment)."""
+        self.leases.epochs.pop(tp.partition, None)
+        self.pending.discard(tp)
+        self.assigned_at.pop(tp, None)
+        self.grants.pop(tp, None)
+        self.blocked_since.pop(tp, None)
+
+    def check_not_stuck(self) -> None:
+        now = time.monotonic()
+        since = self.unassigned_since
+        if since is not None and now - since > self.settings.rejoin_stuck_s:
+            raise RejoinStuckError(f"no assignment for {now - since:.0f}s")
+        # A partition whose lease another member holds is normally revoked by the
+        # next rebalance; if none comes, a fresh membership gets a fresh assignment.
+        assigned = self.kafka.assignment()
+        for tp in [tp for tp in self.blocked_since if tp not in assigned]:
+            del self.blocked_since[tp]
+        blocked = sorted(
+            tp.partition
+            for tp, since in self.blocked_since.items()
+            if now - since > self.settings.rejoin_stuck_s
+        )
+        if blocked:
+            raise RejoinStuckError(f"partitions {blocked} assigned to us but leased elsewhere")
+
+    async def take_pending(self, in_rebalance: bool = False) -> None:
         """Lease every assigned partition not yet ours, checking its log is the one we know."""
         async with self._taking:
-            await self._take(sorted(self.pending, key=lambda t: t.partition))
+            self._retry_pending_at = time.monotonic() + PENDING_RETRY_S
+            await self._take(sorted(self.pending, key=lambda t: t.partition), in_rebalance)
 
-    async def _take(self, tps: list[TopicPartition]) -> None:
-        if not tps:
+    async def _take(self, tps: list[TopicPartition], in_rebalance: bool) -> None:
+        assigned = self.kafka.assignment()
+        for tp in tps:
+            if tp not in assigned:
+                self.forget(tp)
+            elif tp not in self.grants:
+                grant = await self._acquire(tp, in_rebalance)
+                if grant is None:
+                    self._leased_elsewhere(tp)
+                else:
+                    self.grants[tp] = grant
+        ready = {tp: self.grants[tp] for tp in tps if tp in self.grants}
+        if not ready:
             return
-        grants = {
-            tp: await acquire_lease(self.core.pool, tp.topic, tp.partition, self.name) for tp in tps
-        }
-        lost = await self._lost_logs(grants)
-        for tp, grant in grants.items():
-            start: int | None = grant.next_offset
-            if tp in lost:
-                start = await self._new_generation(tp, grant)
+        for tp, start in (await self._log_starts(ready)).items():
             if start is None:
-                continue
-            self.leases.epochs[tp.partition] = grant.epoch
-            self.kafka.seek(tp, start)
-            self.pending.discard(tp)
-            self.kafka.resume(tp)
+                self._leased_elsewhere(tp)
+            else:
+                self._start_reading(tp, ready[tp].epoch, start)
 
-    async def _lost_logs(self, grants: dict[TopicPartition, LeaseGrant]) -> set[TopicPartition]:
-        ends = await self.kafka.end_offsets(list(grants))
-        lost = {tp for tp, grant in grants.items() if ends[tp] < grant.next_offset}
+    async def _acquire(self, tp: TopicPartition, in_rebalance: bool) -> LeaseGrant | None:
+        """Bump the epoch: only for a partition Kafka assigned to us, in a current membership.
+
+        The rebalance listener runs right after the group's SyncGroup answered:
+        its assignment is current, so it bumps unconditionally. A retry from the
+        poll loop (the listener's attempt failed) may run on an assignment we
+        lost while paused (SIGSTOP, GC) past the session timeout: on waking, our
+        own loop can run before the heartbeat learns of the eviction. A member is
+        evicted only a session timeout after its last heartbeat, which came no
+        earlier than the assignment, so the new owner bumps at least a session
+        after it. The retry therefore bumps only if nobody wrote the lease row
+        later than half a session after our assignment: the previous owner's
+        last batches land before that, the new owner's bump after.
+        """
+        if in_rebalance:
+            return await acquire_lease(self.core.pool, tp.topic, tp.partition, self.name)
+        assigned_for_s = time.monotonic() - self.assigned_at.get(tp, 0.0)
+        quiet_for_s = assigned_for_s - self.settings.session_timeout_s / 2
+        grant = await acquire_quiet_lease(
+            self.core.pool, tp.topic, tp.partition, self.name, quiet_for_s
+        )
+        if grant is None:
+            log.warning(
+                "partition %d: the lease was taken after it was assigned to us; not taking it back",
+                tp.partition,
+            )
+        return grant
+
+    async def _log_starts(
+        self, grants: dict[TopicPartition, LeaseGrant]
+    ) -> dict[TopicPartition, int | None]:
+        """Where to start reading each partition whose log answered (None: fenced).
+
+        Partitions left out stay pending: the broker did not answer the check.
+        """
+        tps = list(grants)
+        ends = await self.kafka.end_offsets(tps)
+        begins = await self.kafka.beginning_offsets(tps)
+
+        def verdict(tp: TopicPartition, answer: RecordAt | None) -> LogVerdict:
+            grant = grants[tp]
+            return judge_log(
+                grant.next_offset, grant.last_purchase_id, ends[tp], begins[tp], answer
+            )
+
         wanted = {
-            tp: grant.next_offset - 1
-            for tp, grant in grants.items()
-            if tp not in lost and grant.next_offset > 0 and grant.last_purchase_id
+            tp: grants[tp].next_offset - 1 for tp in tps if verdict(tp, None) is LogVerdict.UNKNOWN
         }
         seen = await records_at(self.settings.kafka_bootstrap, wanted)
-        # A log we could not check counts as lost: reading it again from its start
-        # costs time, while skipping a new log's records would lose purchases.
-        return lost | {tp for tp in wanted if seen.get(tp) != grants[tp].last_purchase_id}
+        starts: dict[TopicPartition, int | None] = {}
+        for tp in tps:
+            judged = verdict(tp, seen.get(tp))
+            if judged is LogVerdict.SAME:
+                starts[tp] = grants[tp].next_offset
+            elif judged is LogVerdict.LOST:
+                starts[tp] = await self._new_generation(tp, grants[tp], begins[tp])
+            else:
+                log.warning("partition %d: the log check got no answer; asking again", tp.partition)
+        return starts
 
-    async def _new_generation(self, tp: TopicPartition, grant: LeaseGrant) -> int | None:
+    async def _new_generation(
+        self, tp: TopicPartition, grant: LeaseGrant, begin: int
+    ) -> int | None:
         """The broker lost this partition's log: read the new one from its start."""
-        begin = (await self.kafka.beginning_offsets([tp]))[tp]
         regrant = await start_log_generation(
             self.core.pool, tp.topic, tp.partition, grant.epoch, begin
         )
@@ -165,12 +267,32 @@ class PurchaseConsumer:
         )
         return regrant.next_offset
 
+    def _start_reading(self, tp: TopicPartition, epoch: int, start: int) -> None:
+        self.grants.pop(tp, None)
+        self.assigned_at.pop(tp, None)
+        self.pending.discard(tp)
+        self.leases.epochs[tp.partition] = epoch
+        self.kafka.seek(tp, start)
+        self.kafka.resume(tp)
+
+    def _leased_elsewhere(self, tp: TopicPartition) -> None:
+        """Another member took the lease after Kafka assigned the partition to us: our
+        assignment is stale. Taking the lease back would fence the rightful owner,
+        so stop reading and wait for the rebalance that takes the partition away."""
+        self.leases.epochs.pop(tp.partition, None)
+        self.pending.discard(tp)
+        self.assigned_at.pop(tp, None)
+        self.grants.pop(tp, None)
+        if tp in self.kafka.assignment():
+            self.kafka.pause(tp)
+            self.blocked_since.setdefault(tp, time.monotonic())
+
     async def run(self, stop: asyncio.Event) -> None:
         backoff_s = 0.1
         while not stop.is_set():
             self.check_not_stuck()
             try:
-                if self.pending:
+                if self.pending and time.monotonic() >= self._retry_pending_at:
                     await self.take_pending()
                 batches = await self.kafka.getmany(
                     timeout_ms=200, max_records=self.settings.batch_max_records
@@ -200,11 +322,14 @@ class PurchaseConsumer:
     async def handle(
         self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]
     ) -> None:
+        if not messages:
+            return
+        first_offset = int(messages[0].offset)
         epoch = self.leases.epochs.get(tp.partition)
-        if epoch is None or not messages:
+        if epoch is None:
+            self._rewind_unleased(tp, first_offset)
             return
         records = _decode(messages)
-        first_offset = int(messages[0].offset)
         failpoint(self.settings.failpoint, "consumer.before_apply")
         try:
             async with database_errors(), self.core.pool.acquire() as conn:
@@ -212,8 +337,7 @@ class PurchaseConsumer:
                 result = await apply_batch(conn, lease, records)
         except FencedError as exc:
             self.stats.fenced += 1
-            self.leases.epochs.pop(tp.partition, None)
-            log.warning("fenced, dropping partition %d: %s", tp.partition, exc)
+            self._fenced(tp, epoch, first_offset, exc)
             return
         except UnavailableError:
             # Nothing was written: read the same records again after the backoff.
@@ -222,6 +346,33 @@ class PurchaseConsumer:
         failpoint(self.settings.failpoint, "consumer.after_commit")
         await self.after_commit(tp, result)
         failpoint(self.settings.failpoint, "consumer.after_settle")
+
+    def _fenced(self, tp: TopicPartition, epoch: int, first_offset: int, exc: FencedError) -> None:
+        if self.leases.epochs.get(tp.partition) != epoch:
+            # We got the partition back (a newer epoch of ours) or are taking it
+            # back while this batch ran. That take seeks to the stored offset after
+            # this batch was fetched, so these records are read again under the
+            # new epoch; seeking to `first_offset` here could undo a new log
+            # generation's start.
+            log.info("partition %d: batch fenced by our own newer lease: %s", tp.partition, exc)
+            return
+        log.warning("fenced, stop reading partition %d: %s", tp.partition, exc)
+        self._leased_elsewhere(tp)
+        self._rewind(tp, first_offset)
+
+    def _rewind_unleased(self, tp: TopicPartition, first_offset: int) -> None:
+        """Records of a partition we hold no lease for: never let the position run
+        past what was applied."""
+        self._rewind(tp, first_offset)
+        if tp in self.kafka.assignment() and tp not in self.kafka.paused():
+            # Read without a lease and not waiting for one (pending, revoked and
+            # blocked partitions are paused): nothing would ever seek it back.
+            log.warning("partition %d: records without a lease; pausing it", tp.partition)
+            self._leased_elsewhere(tp)
+
+    def _rewind(self, tp: TopicPartition, first_offset: int) -> None:
+        if tp in self.kafka.assignment():
+            self.kafka.seek(tp, first_offset)
 
     async def after_commit(self, tp: TopicPartition, result: BatchResult) -> None:
         decisions = result.decisions.decisions

@@ -44,6 +44,22 @@ async def acquire_lease(pool: asyncpg.Pool, topic: str, partition: int, owner: s
     )
 
 
+async def acquire_quiet_lease(
+    pool: asyncpg.Pool, topic: str, partition: int, owner: str, quiet_for_s: float
+) -> LeaseGrant | None:
+    """Bump the epoch only if nobody wrote the lease row in the last `quiet_for_s`
+    seconds (a negative value always bumps); None when refused."""
+    async with database_errors():
+        row = await pool.fetchrow(
+            query("acquire_quiet_lease"), topic, partition, owner, quiet_for_s
+        )
+    if row is None:
+        return None
+    return LeaseGrant(
+        row["epoch"], row["next_offset"], row["log_generation"], row["last_purchase_id"]
+    )
+
+
 async def start_log_generation(
     pool: asyncpg.Pool, topic: str, partition: int, epoch: int, from_offset: int
 ) -> LeaseGrant | None:

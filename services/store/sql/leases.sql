@@ -10,6 +10,15 @@ SET epoch = epoch + 1, owner = $3, updated_at = now()
 WHERE topic = $1 AND kafka_partition = $2
 RETURNING epoch, next_offset, log_generation, last_purchase_id;
 
+-- name: acquire_quiet_lease
+-- A retried take: bump only if nobody wrote the row in the last $4 seconds, i.e.
+-- nobody took the partition after it was assigned to us (consumers/worker.py).
+UPDATE partition_leases
+SET epoch = epoch + 1, owner = $3, updated_at = now()
+WHERE topic = $1 AND kafka_partition = $2
+  AND updated_at <= clock_timestamp() - make_interval(secs => $4)
+RETURNING epoch, next_offset, log_generation, last_purchase_id;
+
 -- name: lock_lease
 SELECT epoch, next_offset, log_generation
 FROM partition_leases WHERE topic = $1 AND kafka_partition = $2
