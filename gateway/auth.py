@@ -37,9 +37,16 @@ def require_user(request: web.Request, secret: str) -> str:
         raise ApiError(401, "invalid_token", str(exc), {"WWW-Authenticate": "Bearer"}) from exc
 
 
+def _same_secret(given: str, expected: str) -> bool:
+    # Header bytes that are not UTF-8 arrive as surrogates: encode them back, never raise.
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
+
+
 def require_admin(request: web.Request, admin_token: str, secret: str) -> None:
     token = _bearer(request)
-    if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
+    if admin_token and _same_secret(token, admin_token):
         return
     try:
         verify_token(secret, token)

@@ -68,6 +68,12 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return error_response(status, code, detail, headers)
 
 
+def loggable(text: str) -> str:
+    """Control and non-ASCII characters escaped: a decoded path like /x%0A<forged line>
+    must not write a line of its own into the log."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -83,7 +89,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except StockBelowSoldError as exc:
         return error_response(409, "stock_below_sold", str(exc))
     except UnavailableError as exc:
-        log.warning("%s %s: %s", request.method, request.path, exc)
+        log.warning("%s %s: %s", request.method, loggable(request.path), loggable(str(exc)))
         return error_response(
             503,
             "unavailable",
@@ -91,5 +97,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
         )
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, loggable(request.path))
         return error_response(500, "internal", "internal error")

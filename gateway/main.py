@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
+import sys
 
 import uvloop
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.protocol import GatewayRunner
+from services.errors import SettingsError
 from services.logs import setup_logging
 from services.settings import Settings
 
 log = logging.getLogger("flashsale.gateway")
 
 BACKLOG = 4096
+SHUTDOWN_TIMEOUT_S = 5.0
+EXIT_BAD_SETTINGS = 2
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -29,18 +35,37 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+async def serve(app: web.Application, sock: socket.socket) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    runner = GatewayRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _settings() -> Settings:
+    """Settings fit to sign tokens; a clear message and exit 2 otherwise."""
+    try:
+        settings = Settings.from_env()
+        settings.require_secrets()
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
+    return settings
+
+
 def main() -> None:
-    settings = Settings.from_env()
+    settings = _settings()
     setup_logging(settings.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     sock = listening_socket(settings.gateway_host, settings.gateway_port)
     log.info("gateway listening on http://%s:%d", settings.gateway_host, settings.gateway_port)
-    web.run_app(
-        create_app(settings),
-        sock=sock,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-        shutdown_timeout=5,
-    )
+    asyncio.run(serve(create_app(settings), sock))

@@ -15,7 +15,7 @@ from limits.errors import StorageError
 from gateway.errors import ApiError
 from services.errors import UnavailableError
 from services.settings import Settings
-from services.stockfilter.client import POOL_SIZE, POOL_WAIT_S
+from services.stockfilter.client import POOL_SIZE, POOL_WAIT_S, SOCKET_TIMEOUT_S
 from services.stockfilter.keys import limits_prefix
 
 USER = "user"
@@ -56,8 +56,10 @@ class RateLimits:
             await client.aclose()
 
 
-def open_rate_limits(settings: Settings) -> RateLimits:
+def open_rate_limits(settings: Settings, socket_timeout_s: float = SOCKET_TIMEOUT_S) -> RateLimits:
+    """Every Redis call has a deadline: a half-open connection answers 503, never hangs."""
     uri = settings.redis_url.replace("redis://", "async+redis://", 1)
+    deadlines = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
     storage: RedisStorage
     if settings.redis_cluster:
         storage = RedisClusterStorage(
@@ -65,10 +67,11 @@ def open_rate_limits(settings: Settings) -> RateLimits:
             wrap_exceptions=True,
             implementation="redispy",
             key_prefix=limits_prefix(),
+            **deadlines,
         )
     else:
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S
+            settings.redis_url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, **deadlines
         )
         storage = RedisStorage(
             uri,

@@ -35,19 +35,35 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the body may be at most {max_bytes} bytes")
+
+
+async def _read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The whole body, however it arrives (TCP segments, chunks), never more than max_bytes."""
+    body = bytearray()
+    # One read returns only what is buffered now: read on until the end of the body.
+    while chunk := await request.content.read(max_bytes + 1 - len(body)):
+        body += chunk
+        if len(body) > max_bytes:
+            raise _too_large(max_bytes)
+    return bytes(body)
+
+
 async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     if request.content_length is not None and request.content_length > max_bytes:
-        raise ApiError(413, "body_too_large", f"the body may be at most {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise ApiError(413, "body_too_large", f"the body may be at most {max_bytes} bytes")
+        raise _too_large(max_bytes)
+    raw = await _read_body(request, max_bytes)
     try:
         text = raw.decode("utf-8")
         body = json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        # A few thousand "[" fit in the size limit and nest deeper than json can parse.
+        raise ApiError(400, "invalid_json", "the body nests too deeply") from exc
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_body", "the body must be a JSON object")
     return body

@@ -230,8 +230,9 @@ def down(state_dir: Path) -> None:
 def token(user_id: str, ttl: int | None, state_dir: Path) -> None:
     """Print a user token for USER_ID, signed with the gateway's secret."""
     settings = Settings.from_env()
-    secret = settings.secret or StackFile.load(state_dir).secret
-    click.echo(issue_token(secret, user_id, ttl or settings.token_ttl_s))
+    settings = settings.replace(secret=settings.secret or StackFile.load(state_dir).secret)
+    settings.require_signing_secret()
+    click.echo(issue_token(settings.secret, user_id, ttl or settings.token_ttl_s))
 
 
 @main.command()

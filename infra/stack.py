@@ -16,6 +16,7 @@ from infra.embedded.proc import free_port, pid_alive, port_is_free, terminate_pi
 from infra.embedded.redis import EmbeddedRedis
 from infra.processes import alive, start_consumer, start_gateway
 from infra.stackfile import StackFile, StackPids
+from infra.statesecrets import stack_secrets
 from services.errors import ServiceStartError
 from services.resources import open_core
 from services.settings import Settings
@@ -61,6 +62,8 @@ class EmbeddedStack:
 
     def start_services(self, progress: Progress = _quiet) -> Settings:
         """Postgres, Redis and the broker, then the schema and the topic."""
+        # Before anything starts: a short explicit secret fails here, with nothing to stop.
+        self.settings = stack_secrets(self.state_dir, self.settings)
         progress("starting postgres")
         self.postgres.start()
         progress(f"starting redis{' cluster' if self.redis_cluster else ''}")
@@ -72,8 +75,6 @@ class EmbeddedStack:
             redis_url=self.redis.url,
             redis_cluster=self.redis_cluster,
             kafka_bootstrap=self.broker.bootstrap,
-            admin_token=self.settings.admin_token or secrets.token_urlsafe(24),
-            secret=self.settings.secret or secrets.token_urlsafe(32),
             state_dir=self.state_dir,
         )
         progress("applying migrations, creating topic")

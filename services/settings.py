@@ -42,6 +42,8 @@ RECONCILE_INTERVAL_S = 2.0
 REJOIN_STUCK_S = 45.0
 RESERVATION_STALE_S = 5.0
 GATEWAY_PORT = 8080
+# HMAC-SHA256 keys and bearer secrets: 32 bytes is the hash's own strength.
+MIN_SECRET_BYTES = 32
 
 
 def _parse_bool(text: str) -> bool:
@@ -115,6 +117,19 @@ class Settings:
         if self.session_timeout_s <= self.heartbeat_interval_s:
             raise SettingsError("FLASHSALE_SESSION_TIMEOUT_S must exceed the heartbeat interval")
 
+    def require_signing_secret(self) -> None:
+        """For whatever signs or verifies user tokens: an empty key lets anyone mint any token."""
+        _require_secret("FLASHSALE_SECRET", self.secret)
+
+    def require_secrets(self) -> None:
+        """For the gateway: the signing secret and the admin token, both long enough.
+
+        Not part of validate(): consumers and tools that never sign or check a
+        token build Settings without them.
+        """
+        self.require_signing_secret()
+        _require_secret("FLASHSALE_ADMIN_TOKEN", self.admin_token)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -134,6 +149,19 @@ class Settings:
             secret = key.endswith(("_TOKEN", "_SECRET"))
             shown[key] = "<redacted>" if secret and value else value
         return shown
+
+
+def _require_secret(name: str, value: str) -> None:
+    if not value:
+        raise SettingsError(
+            f"{name} is not set: give it at least {MIN_SECRET_BYTES} random bytes "
+            '(for example: python -c "import secrets; print(secrets.token_urlsafe(32))")'
+        )
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(
+            f"{name} is too short ({len(value.encode())} bytes): "
+            f"give it at least {MIN_SECRET_BYTES} random bytes"
+        )
 
 
 def _convert(name: str, kind: object, raw: str) -> Any:

@@ -47,8 +47,10 @@ def issue_token(secret: str, user_id: str, ttl_s: int, now_s: float | None = Non
 
 def verify_token(secret: str, token: str, now_s: float | None = None) -> str:
     """The user id the token names; TokenError when it is not valid now."""
+    # A token is ASCII by construction; anything else (a header's non-ASCII bytes
+    # arrive as surrogates) would make encode() or compare_digest raise instead.
     parts = token.split(".")
-    if len(parts) != 3:
+    if len(parts) != 3 or not token.isascii():
         raise TokenError("malformed token")
     encoded_user, expires_text, signature = parts
     payload = f"{encoded_user}.{expires_text}"

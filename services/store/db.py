@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 
 from services.errors import UnavailableError
+
+# asyncpg.create_pool's defaults.
+MAX_QUERIES_PER_CONNECTION = 50_000
+MAX_INACTIVE_CONNECTION_S = 300.0
 
 # A connection of our own or one borrowed from the pool: queries take either.
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 10.0
+# Waiting for a pooled connection: as long as one command may hold it, no longer.
+ACQUIRE_TIMEOUT_S = COMMAND_TIMEOUT_S
 
 # Errors that mean "Postgres cannot be reached now": retry later, answer 503.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -36,17 +44,44 @@ async def database_errors() -> AsyncIterator[None]:
         raise UnavailableError(f"postgres unavailable: {type(exc).__name__}: {exc}") from exc
 
 
+class DeadlinePool(asyncpg.Pool):
+    """A pool whose acquire() has a deadline unless given one.
+
+    asyncpg's `pool.fetchrow()`, `fetch()`, `execute()`... acquire with no
+    timeout: with every connection held (a half-open socket, a stuck command) a
+    request would wait for as long as they do. The deadline also bounds the
+    release (asyncpg applies the acquire timeout to it).
+    """
+
+    def __init__(self, *args: Any, acquire_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
 async def open_pool(
-    url: str, size: int, server_settings: dict[str, str] | None = None
+    url: str,
+    size: int,
+    server_settings: dict[str, str] | None = None,
+    acquire_timeout_s: float = ACQUIRE_TIMEOUT_S,
 ) -> asyncpg.Pool:
+    # What asyncpg.create_pool() does, with our pool class (it takes none).
+    pool = DeadlinePool(
+        url,
+        acquire_timeout_s=acquire_timeout_s,
+        server_settings=server_settings,
+        min_size=1,
+        max_size=size,
+        max_queries=MAX_QUERIES_PER_CONNECTION,
+        max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_S,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        timeout=CONNECT_TIMEOUT_S,
+        command_timeout=COMMAND_TIMEOUT_S,
+    )
     async with database_errors():
-        pool = await asyncpg.create_pool(
-            url,
-            server_settings=server_settings,
-            min_size=1,
-            max_size=size,
-            timeout=CONNECT_TIMEOUT_S,
-            command_timeout=COMMAND_TIMEOUT_S,
-        )
-    assert pool is not None
+        await pool
     return pool

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from services.tokens import issue_token
 from tests.conftest import fresh_id
 from tests.integration.conftest import LiveStack
-from tests.integration.rawhttp import RawResponse, raw_request
+from tests.integration.rawhttp import RawResponse, chunks, raw_exchange, raw_request, request_head
 
 JSON = ("Content-Type", "application/json")
 PROJECT = Path(__file__).resolve().parents[2]
@@ -63,15 +63,20 @@ def key(value: bytes | str = "k-1") -> tuple[str, bytes | str]:
 
 def assert_error(response: RawResponse, status: int, code: str | None) -> None:
     assert response.status == status, response.body
-    if code is None and not response.headers.get("content-type", "").startswith("application/"):
-        # Bytes HTTP itself forbids (control characters in a header) are refused by
-        # aiohttp's parser before any handler runs: a plain-text 400, still nothing changed.
-        return
     assert response.headers.get("content-type", "").startswith("application/json")
     body = response.json()
     assert set(body) >= {"error", "detail"} and isinstance(body["detail"], str)
     if code is not None:
         assert body["error"] == code, body
+
+
+def hostile_signature(live: LiveStack, tail: bytes | str) -> tuple[str, bytes]:
+    """A real token whose signature ends in bytes no signature has."""
+    token = issue_token(live.settings.secret, "mallory", 3600).encode()
+    return (
+        "Authorization",
+        b"Bearer " + token[:-2] + (tail if isinstance(tail, bytes) else tail.encode()),
+    )
 
 
 def purchase_cases(live: LiveStack, decoy: str) -> list[tuple[str, list, bytes, int, str]]:  # type: ignore[type-arg]
@@ -196,7 +201,11 @@ def purchase_cases(live: LiveStack, decoy: str) -> list[tuple[str, list, bytes, 
         ("empty idempotency key", [u, key(""), JSON], good, 400, "invalid_idempotency_key"),
         ("long idempotency key", [u, key("k" * 65), JSON], good, 400, "invalid_idempotency_key"),
         ("tab in key", [u, key(b"k\tk"), JSON], good, 400, "invalid_idempotency_key"),
-        ("DEL in key", [u, key(b"k\x7fk"), JSON], good, 400, None),
+        # Bytes HTTP forbids are refused by the HTTP parser, before any handler: JSON too.
+        ("DEL in key", [u, key(b"k\x7fk"), JSON], good, 400, "bad_request"),
+        ("control char in key", [u, key(b"k\x01k"), JSON], good, 400, "bad_request"),
+        ("deep nesting", [u, k, JSON], b"[" * 4000, 400, "invalid_json"),
+        ("deep nesting with items", [u, k, JSON], b"[1," * 1300, 400, "invalid_json"),
         (
             "non-ascii key",
             [u, key("cl\u00e9".encode("latin-1")), JSON],
@@ -224,6 +233,14 @@ def purchase_cases(live: LiveStack, decoy: str) -> list[tuple[str, list, bytes, 
         ("forged token", [forged, k, JSON], good, 401, "invalid_token"),
         ("expired token", [expired, k, JSON], good, 401, "invalid_token"),
         ("admin token as user", [admin_as_user, k, JSON], good, 401, "invalid_token"),
+        (
+            "non-ascii signature",
+            [hostile_signature(live, "é"), k, JSON],
+            good,
+            401,
+            "invalid_token",
+        ),
+        ("non-utf-8 signature", [hostile_signature(live, b"\xff"), k, JSON], good, 401, None),
     ]
 
 
@@ -260,6 +277,16 @@ def test_hostile_admin_requests_change_nothing(live: LiveStack, decoy: str) -> N
         ("unknown field", [admin, JSON], b'{"stock": 5, "sold": 0}', 422, "invalid_body"),
         ("no stock", [admin, JSON], b'{"per_user_limit": 1}', 422, "invalid_body"),
         ("not json", [admin, JSON], b"stock=5", 400, "invalid_json"),
+        ("deep nesting", [admin, JSON], b"[" * 4000, 400, "invalid_json"),
+        (
+            "non-ascii token",
+            [("Authorization", "Bearer é.é.é".encode()), JSON],
+            b'{"stock": 1}',
+            401,
+            "invalid_token",
+        ),
+        ("non-utf-8 token", [("Authorization", b"Bearer \xff"), JSON], b'{"stock": 1}', 401, None),
+        ("non-ascii signature", [hostile_signature(live, "é"), JSON], b'{"stock": 1}', 401, None),
     ]
     for name, headers, body, status, code in cases:
         before = snapshot(live)
@@ -318,13 +345,23 @@ def test_any_json_body_gets_a_clear_answer(live: LiveStack, body: object) -> Non
     assert set(response.json()) >= {"error", "detail"}
 
 
+# Deeper than json can parse, within the size limit: must be 400 invalid_json, not 500.
+nested_bodies = st.integers(min_value=1, max_value=4000).flatmap(
+    lambda depth: st.sampled_from([b"[" * depth, b"[1," * (depth // 3), b'[{"a":' * (depth // 6)])
+)
+
+
+def header_value(raw: bytes) -> bytes:
+    """Any bytes but the line breaks that would end the header (the parser answers the rest)."""
+    return bytes(b for b in raw if b not in b"\r\n")
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(raw=st.binary(max_size=200), idem=st.binary(max_size=80))
+@given(raw=st.binary(max_size=200) | nested_bodies, idem=st.binary(max_size=80))
 def test_any_bytes_and_any_key_get_a_clear_answer(live: LiveStack, raw: bytes, idem: bytes) -> None:
-    # Only bytes HTTP allows in a header value; the others never reach a handler.
-    idem = bytes(b for b in idem if b == 0x09 or (b >= 0x20 and b != 0x7F))
+    idem = header_value(idem)
     response = raw_request(
         live.settings.gateway_port,
         "POST",
@@ -334,6 +371,102 @@ def test_any_bytes_and_any_key_get_a_clear_answer(live: LiveStack, raw: bytes, i
     )
     assert 400 <= response.status < 500, response.body
     assert set(response.json()) >= {"error", "detail"}
+
+
+SIGNED = b"<signed-part>"
+# Only bytes HTTP allows in a header value, so every request reaches the token check.
+header_bytes = st.binary(max_size=60).map(
+    lambda raw: bytes(b for b in raw if b == 0x09 or (b >= 0x20 and b != 0x7F))
+)
+# Token shapes: anything; three dot-separated parts of anything; a real signed part
+# with a hostile signature (non-ASCII bytes made compare_digest raise: a 500).
+token_shapes = (
+    header_bytes
+    | st.tuples(header_bytes, header_bytes, header_bytes).map(b".".join)
+    | header_bytes.map(lambda signature: SIGNED + b"." + signature)
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(token=token_shapes)
+def test_any_token_gets_a_401(live: LiveStack, token: bytes) -> None:
+    signed = issue_token(live.settings.secret, "fuzzer", 3600).rsplit(".", 1)[0].encode()
+    auth = ("Authorization", b"Bearer " + token.replace(SIGNED, signed))
+    good = json.dumps({"item_id": "no-such-item"}).encode()
+    port = live.settings.gateway_port
+    purchase = raw_request(port, "POST", "/v1/purchases", [auth, key("fuzz"), JSON], good)
+    assert_error(purchase, 401, None)
+    admin = raw_request(port, "PUT", "/v1/items/fuzz-item", [auth, JSON], b'{"stock": 1}')
+    assert_error(admin, 401, None)
+
+
+def admin_header(live: LiveStack) -> tuple[str, str]:
+    return ("Authorization", f"Bearer {live.settings.admin_token}")
+
+
+def test_a_body_in_several_tcp_segments_is_read_whole(live: LiveStack) -> None:
+    """A client that writes headers, then the body in parts (a valid body was a 400)."""
+    item_id = fresh_id("split")
+    body = json.dumps({"stock": 3, "per_user_limit": 1}).encode()
+    head = request_head(
+        "PUT",
+        f"/v1/items/{item_id}",
+        [admin_header(live), JSON, ("Content-Length", str(len(body)))],
+    )
+    response = raw_exchange(live.settings.gateway_port, [head, body[:6], body[6:]], pause_s=0.2)
+    assert response.status == 201, response.body
+    assert response.json()["stock"] == 3
+
+
+def test_a_chunked_body_is_read_whole(live: LiveStack) -> None:
+    item_id = fresh_id("chunked")
+    body = json.dumps({"stock": 4}).encode()
+    head = request_head(
+        "PUT", f"/v1/items/{item_id}", [admin_header(live), JSON, ("Transfer-Encoding", "chunked")]
+    )
+    response = raw_exchange(
+        live.settings.gateway_port, [head, *chunks(body[:4], body[4:])], pause_s=0.2
+    )
+    assert response.status == 201, response.body
+    assert response.json()["stock"] == 4
+
+
+def test_a_chunked_body_over_the_limit_is_413(live: LiveStack, decoy: str) -> None:
+    before = snapshot(live)
+    limit = live.settings.max_body_bytes
+    padding = b" " * (limit // 2 + 1)  # each chunk fits; both together do not
+    head = request_head(
+        "PUT", f"/v1/items/{decoy}", [admin_header(live), JSON, ("Transfer-Encoding", "chunked")]
+    )
+    response = raw_exchange(
+        live.settings.gateway_port, [head + b"".join(chunks(b'{"stock": 1}', padding, padding))]
+    )
+    assert_error(response, 413, "body_too_large")
+    assert snapshot(live) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "head"),
+    [
+        ("control char in a header", b"POST /v1/purchases HTTP/1.1\r\nIdempotency-Key: a\x01b\r\n"),
+        ("malformed content-length", b"POST /v1/purchases HTTP/1.1\r\nContent-Length: 1x\r\n"),
+        (
+            "two content-lengths",
+            b"POST /v1/purchases HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n",
+        ),
+        ("bad request line", b"GET /v1 HTTP/9\r\n"),
+        ("header without a colon", b"GET /healthz HTTP/1.1\r\nno colon here\r\n"),
+    ],
+)
+def test_protocol_errors_answer_the_json_error_body(
+    live: LiveStack, name: str, head: bytes
+) -> None:
+    """The HTTP parser's own 400s (before any handler) have api.md's JSON body too."""
+    request = head + b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    response = raw_exchange(live.settings.gateway_port, [request])
+    assert_error(response, 400, "bad_request")
 
 
 def test_schemathesis_finds_no_server_error_nor_schema_violation(live: LiveStack) -> None:

@@ -63,3 +63,27 @@ def test_message_round_trip_and_garbage() -> None:
     for garbage in (b"", b"{}", b"[1]", b"\xff", b'{"purchase_id": 1}'):
         with pytest.raises(MessageError):
             PurchaseMessage.decode(garbage)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-1] + "\u00e9",  # a non-ASCII character in the signature
+        lambda t: t[:-1] + "\udcff",  # a header byte that is not UTF-8, as aiohttp decodes it
+        lambda t: "\u00e9" + t,  # and in the signed part
+        lambda t: "\udcff" + t,
+    ],
+)
+def test_non_ascii_tokens_are_refused_not_crashed(mangle) -> None:  # type: ignore[no-untyped-def]
+    # compare_digest raises TypeError on non-ASCII str: it must be a TokenError (401).
+    with pytest.raises(TokenError):
+        verify_token(SECRET, mangle(issue_token(SECRET, "alice", 60)))
+
+
+token_parts = st.text(max_size=30).filter(lambda part: "." not in part)
+
+
+@given(st.lists(token_parts, min_size=1, max_size=4).map(".".join))
+def test_any_token_text_is_refused_with_a_token_error(token: str) -> None:
+    with pytest.raises(TokenError):
+        verify_token(SECRET, token)
