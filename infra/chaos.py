@@ -160,6 +160,14 @@ def _print_report(console: Console, report: CheckReport, options: ChaosOptions, 
     table.add_row("violations", str(len(report.violations)))
     console.print(table)
     console.print(f"history: {path}")
+    counts = report.counts
+    console.print(
+        f"checked: {counts['operations']} operations, {counts['accepted purchases (202)']}"
+        f" accepted purchases, {counts['items']} items, {counts['faults']} faults,"
+        f" {len(report.violations)} violations",
+        highlight=False,
+        soft_wrap=True,
+    )
     if report.ok:
         console.print(
             f"[bold green]invariants hold[/bold green]: 0 violations in"
