@@ -17,9 +17,12 @@ from rich.console import Console
 
 from infra import status as status_view
 from infra.bench_command import bench
+from infra.faults import FAULTS as CHAOS_FAULTS
 from infra.loadtest_command import loadtest
 from infra.stack import EmbeddedStack, stack_is_running, stop_from_file
 from infra.stackfile import StackFile
+from loadtests.workload import BUYERS_PER_S as CHAOS_BUYERS_PER_S
+from loadtests.workload import ITEMS as CHAOS_ITEMS
 from services.errors import FlashsaleError, StackNotRunningError, StackRunningError
 from services.settings import Settings
 from services.tokens import issue_token
@@ -309,19 +312,63 @@ def demo(buyers: int, stock: int, consumer_count: int) -> None:
     default=None,
     envvar="FLASHSALE_CHAOS_SEED",
     show_envvar=True,
-    help="Seed of the fault schedule (default: random, printed so it can be replayed).",
+    help="Seed of the fault schedule and the workload (default: random, printed for replay).",
 )
-def chaos(duration: float, seed: int | None) -> None:
+@click.option(
+    "--items",
+    type=click.IntRange(1, 100_000),
+    default=CHAOS_ITEMS,
+    show_default=True,
+    envvar="FLASHSALE_CHAOS_ITEMS",
+    show_envvar=True,
+    help="Items on sale, with skewed (Zipf-like) popularity.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 1000),
+    default=CHAOS_BUYERS_PER_S,
+    show_default=True,
+    envvar="FLASHSALE_CHAOS_RATE",
+    show_envvar=True,
+    help="New buyers per second (each retries, polls, maybe re-sends its key).",
+)
+@click.option(
+    "--faults",
+    default=",".join(CHAOS_FAULTS),
+    show_default=True,
+    envvar="FLASHSALE_CHAOS_FAULTS",
+    show_envvar=True,
+    help="Comma-separated fault kinds the schedule may pick from.",
+)
+@_state_dir_option()
+def chaos(
+    duration: float, seed: int | None, items: int, rate: float, faults: str, state_dir: Path
+) -> None:
     """Run a sale on a fresh stack under a random schedule of faults, then check invariants.
 
-    Faults: kill -9 of a consumer, SIGSTOP of a consumer past its session timeout,
-    broker restart (its log is lost), Redis restart (its data is lost), Postgres
-    restart. Exit 1 when an invariant broke; the schedule is printed first.
+    Faults: kill -9 and SIGSTOP (past the session timeout) of a consumer or a
+    gateway, broker restart (its log is lost), Redis restart (its data is lost),
+    Postgres restart, a consumer added or removed, the whole stack down and up
+    (Postgres data kept). Every client operation and fault window is written to
+    a history under STATE_DIR/chaos/; the checker reads it and Postgres and
+    names every violation. Exit 1 when an invariant broke; the schedule is
+    printed first, so a run can be replayed with the same seed.
     """
-    from infra.chaos import run_chaos  # noqa: PLC0415
+    from infra.chaos import ChaosOptions, run_chaos  # noqa: PLC0415
 
-    chosen = seed if seed is not None else secrets.randbelow(1_000_000)
-    sys.exit(0 if run_chaos(duration, chosen, Console()) else 1)
+    kinds = tuple(kind.strip() for kind in faults.split(",") if kind.strip())
+    unknown = sorted(set(kinds) - set(CHAOS_FAULTS))
+    if unknown:
+        raise click.BadParameter(f"unknown fault kinds {unknown}", param_hint="--faults")
+    options = ChaosOptions(
+        duration_s=duration,
+        seed=seed if seed is not None else secrets.randbelow(1_000_000),
+        state_dir=state_dir,
+        items=items,
+        buyers_per_s=rate,
+        faults=kinds,
+    )
+    sys.exit(0 if run_chaos(options, Console()) else 1)
 
 
 main.add_command(loadtest)

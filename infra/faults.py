@@ -12,17 +12,37 @@ import signal
 import time
 from dataclasses import dataclass
 
-from infra.embedded.proc import kill_pid, pid_alive
+from infra.embedded.proc import kill_pid, pid_alive, terminate_pid
+from infra.processes import start_gateway
 from infra.stack import EmbeddedStack
+from services.errors import ServiceStartError
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("kill_consumer", "pause_consumer", "restart_broker", "restart_redis", "restart_postgres")
+FAULTS = (
+    "kill_consumer",
+    "pause_consumer",
+    "kill_gateway",
+    "pause_gateway",
+    "restart_broker",
+    "restart_redis",
+    "restart_postgres",
+    "add_consumer",
+    "remove_consumer",
+    "restart_stack",
+)
+# Leaving the group cleanly takes a batch and a rebalance (as `consumers scale`).
+CONSUMER_STOP_GRACE_S = 15.0
 
 
 @dataclass
 class FaultInjector:
     stack: EmbeddedStack
+    _gateway_starts: int = 0
+    _gateways_wanted: int = 0
+
+    def __post_init__(self) -> None:
+        self._gateways_wanted = len(self.stack.gateway_pids)
 
     def consumer_names(self) -> list[str]:
         return [name for name, pid in self.stack.consumer_pids.items() if pid_alive(pid)]
@@ -40,13 +60,54 @@ class FaultInjector:
 
     def pause_consumer(self, name: str, seconds: float) -> None:
         """SIGSTOP past the session timeout (the GC pause of the lock articles), then SIGCONT."""
-        pid = self.stack.consumer_pids[name]
-        os.kill(pid, signal.SIGSTOP)
-        log.info("paused consumer %s (pid %d) for %.1fs", name, pid, seconds)
-        try:
-            time.sleep(seconds)
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        _pause(self.stack.consumer_pids[name], f"consumer {name}", seconds)
+
+    def add_consumer(self) -> str:
+        name = f"consumer-x{time.monotonic_ns() % 100000}"
+        self.stack.add_consumer(name)
+        return name
+
+    def remove_consumer(self, name: str) -> None:
+        """Scale down by one: SIGTERM, so it leaves the group as `consumers scale` does."""
+        pid = self.stack.consumer_pids.pop(name)
+        terminate_pid(pid, grace_s=CONSUMER_STOP_GRACE_S)
+
+    def gateway_count(self) -> int:
+        return len(self.stack.gateway_pids)
+
+    def kill_gateway(self, index: int) -> int:
+        """kill -9 one gateway (others share its port); start a fresh one in its place."""
+        pid = self.stack.gateway_pids.pop(index)
+        kill_pid(pid)
+        log.info("killed gateway pid %d", pid)
+        self._gateway_starts += 1
+        fresh = start_gateway(self.stack.settings, self.stack.log_dir, 100 + self._gateway_starts)
+        self.stack.gateway_pids.append(fresh)
+        return fresh
+
+    def pause_gateway(self, index: int, seconds: float) -> None:
+        """SIGSTOP: connections the kernel hands it hang, mid-admission ones too."""
+        _pause(self.stack.gateway_pids[index], f"gateway {index}", seconds)
+
+    def stop_gateways(self) -> None:
+        """The first half of a whole-stack down: no new admissions, in-flight ones finish."""
+        for pid in self.stack.gateway_pids:
+            terminate_pid(pid, grace_s=10)
+        self.stack.gateway_pids.clear()
+
+    def restart_stack(self) -> None:
+        """The rest of `down` then `up`: Postgres keeps its data folder; Redis and the
+        broker come back empty; as many consumers and gateways as before."""
+        consumers = max(1, len(self.stack.consumer_pids))
+        gateways = max(1, self._gateways_wanted)
+        port = self.stack.settings.gateway_port
+        self.stack.stop()
+        self.stack.start_services()
+        self.stack.start_processes(consumers, gateways=gateways)
+        if self.stack.settings.gateway_port != port:
+            raise ServiceStartError(
+                f"the gateway came back on port {self.stack.settings.gateway_port}, not {port}"
+            )
 
     def restart_broker(self) -> None:
         """Memory storage: every topic, message, group and offset is gone."""
@@ -60,3 +121,12 @@ class FaultInjector:
         self.stack.postgres.stop("immediate")
         time.sleep(down_s)
         self.stack.postgres.start()
+
+
+def _pause(pid: int, what: str, seconds: float) -> None:
+    os.kill(pid, signal.SIGSTOP)
+    log.info("paused %s (pid %d) for %.1fs", what, pid, seconds)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
