@@ -220,7 +220,7 @@ def down(state_dir: Path) -> None:
 
 
 @main.command()
-@click.argument("user_id")
+@click.argument("user_ids", metavar="USER_ID...", nargs=-1, required=True)
 @click.option(
     "--ttl",
     type=click.IntRange(1),
@@ -230,12 +230,15 @@ def down(state_dir: Path) -> None:
     help="Seconds the token stays valid (default: 24 h).",
 )
 @_state_dir_option()
-def token(user_id: str, ttl: int | None, state_dir: Path) -> None:
-    """Print a user token for USER_ID, signed with the gateway's secret."""
+def token(user_ids: tuple[str, ...], ttl: int | None, state_dir: Path) -> None:
+    """Print a user token per USER_ID, one per line in order, signed with the
+    gateway's secret (from FLASHSALE_SECRET or the running stack's state folder)."""
     settings = Settings.from_env()
     settings = settings.replace(secret=settings.secret or StackFile.load(state_dir).secret)
     settings.require_signing_secret()
-    click.echo(issue_token(settings.secret, user_id, ttl or settings.token_ttl_s))
+    expiry_s = ttl or settings.token_ttl_s
+    tokens = [issue_token(settings.secret, user_id, expiry_s) for user_id in user_ids]
+    click.echo("\n".join(tokens))
 
 
 @main.command()

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from infra.embedded.proc import pid_alive
+from services.tokens import verify_token
 
 FLASHSALE = [sys.executable, "-m", "infra.cli"]
 
@@ -61,8 +62,11 @@ def test_up_detach_then_down_leaves_nothing_running(state_root: Path) -> None:
         again = run("up", "--detach", "--port", "0", state_dir=state_dir)
         assert again.returncode == 1 and "already running" in again.stderr
 
-        token = run("token", "alice", state_dir=state_dir)
-        assert token.returncode == 0 and token.stdout.count(".") == 2
+        users = [f"user-{n}" for n in range(2000)]
+        tokens = run("token", *users, state_dir=state_dir)
+        assert tokens.returncode == 0, tokens.stderr
+        lines = tokens.stdout.splitlines()
+        assert [verify_token(stack["secret"], line) for line in lines] == users
 
         grown = run("consumers", "scale", "3", state_dir=state_dir)
         assert grown.returncode == 0, grown.stderr
