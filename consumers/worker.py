@@ -37,6 +37,14 @@ RETRY_BACKOFF_MAX_S = 2.0
 # How often the poll loop retries partitions whose lease or log check failed: the
 # log check can block the loop for its whole timeout.
 PENDING_RETRY_S = 1.0
+# Each unanswered log check blocks the poll loop for its timeout: retries back off
+# (doubling up to this), so the partitions that do answer keep being read.
+PENDING_RETRY_MAX_S = 16.0
+# A log that answers no check at all this many times in a row is read again from
+# its start (a new generation): slow on a big log, never wrong (Postgres dedupes),
+# and a partition must not stall for good on a broker that never answers (seen on
+# the embedded broker after a restart recreated the topic under a live producer).
+LOG_CHECK_ATTEMPTS = 3
 
 
 class RejoinStuckError(FlashsaleError):
@@ -113,6 +121,8 @@ class PurchaseConsumer:
         # Assigned partitions another member holds the lease of: not read (paused)
         # until a rebalance takes them away; since when (monotonic).
         self.blocked_since: dict[TopicPartition, float] = {}
+        # Log checks in a row that got no answer, per pending partition.
+        self.unanswered: dict[TopicPartition, int] = {}
         self.unassigned_since: float | None = time.monotonic()
         self._retry_pending_at = 0.0
         # The rebalance listener and the poll loop both take pending leases: one at a time.
@@ -127,6 +137,7 @@ class PurchaseConsumer:
         self.assigned_at.clear()
         self.grants.clear()
         self.blocked_since.clear()
+        self.unanswered.clear()
         self.unassigned_since = time.monotonic()
 
     def mark_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -143,6 +154,7 @@ class PurchaseConsumer:
         self.assigned_at.pop(tp, None)
         self.grants.pop(tp, None)
         self.blocked_since.pop(tp, None)
+        self.unanswered.pop(tp, None)
 
     def check_not_stuck(self) -> None:
         now = time.monotonic()
@@ -165,8 +177,10 @@ class PurchaseConsumer:
     async def take_pending(self, in_rebalance: bool = False) -> None:
         """Lease every assigned partition not yet ours, checking its log is the one we know."""
         async with self._taking:
-            self._retry_pending_at = time.monotonic() + PENDING_RETRY_S
             await self._take(sorted(self.pending, key=lambda t: t.partition), in_rebalance)
+            tries = max(self.unanswered.values(), default=0)
+            delay_s = min(PENDING_RETRY_S * 2**tries, PENDING_RETRY_MAX_S)
+            self._retry_pending_at = time.monotonic() + delay_s
 
     async def _take(self, tps: list[TopicPartition], in_rebalance: bool) -> None:
         assigned = self.kafka.assignment()
@@ -240,12 +254,24 @@ class PurchaseConsumer:
         starts: dict[TopicPartition, int | None] = {}
         for tp in tps:
             judged = verdict(tp, seen.get(tp))
+            if judged is LogVerdict.UNKNOWN:
+                self.unanswered[tp] = self.unanswered.get(tp, 0) + 1
+                if self.unanswered[tp] < LOG_CHECK_ATTEMPTS:
+                    log.warning(
+                        "partition %d: the log check got no answer; asking again", tp.partition
+                    )
+                    continue
+                log.warning(
+                    "partition %d: %d log checks got no answer; reading the log from its start",
+                    tp.partition,
+                    self.unanswered[tp],
+                )
+                judged = LogVerdict.LOST
+            self.unanswered.pop(tp, None)
             if judged is LogVerdict.SAME:
                 starts[tp] = grants[tp].next_offset
-            elif judged is LogVerdict.LOST:
-                starts[tp] = await self._new_generation(tp, grants[tp], begins[tp])
             else:
-                log.warning("partition %d: the log check got no answer; asking again", tp.partition)
+                starts[tp] = await self._new_generation(tp, grants[tp], begins[tp])
         return starts
 
     async def _new_generation(
