@@ -271,3 +271,33 @@ async def test_an_unanswered_log_check_waits_instead_of_replaying(
         resumed = await m.lease()
         assert (resumed.log_generation, resumed.next_offset) == (applied.log_generation, 5)
         assert resumed.epoch == retaken.epoch  # the retry checked the log, it did not bump
+
+
+async def test_a_log_that_never_answers_is_read_again_from_its_start(
+    settings: Settings, core: CoreResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in chaos runs: a partition whose log check never answers stalled for good
+    (and the blocking checks slowed every other partition of the member)."""
+    async with member(settings, core) as m:
+        item_id = await fresh_item(core)
+        await m.listener.on_partitions_assigned([m.tp()])
+        await m.produce(item_id, range(2))
+        await m.run_until(confirmed(core, item_id, 2))
+        applied = await m.lease()
+
+        async def no_answer(
+            bootstrap: str, wanted: dict[TopicPartition, int]
+        ) -> dict[TopicPartition, RecordAt]:
+            return {}
+
+        await m.listener.on_partitions_revoked([m.tp()])
+        monkeypatch.setattr(worker_module, "records_at", no_answer)
+        await m.listener.on_partitions_assigned([m.tp()])
+        for _ in range(worker_module.LOG_CHECK_ATTEMPTS - 1):
+            assert m.tp() in m.worker.pending
+            await m.worker.take_pending()
+        replayed = await m.lease()
+        assert replayed.log_generation == applied.log_generation + 1
+        assert m.tp() not in m.worker.pending
+        await m.produce(item_id, range(2, 3))
+        await m.run_until(confirmed(core, item_id, 3))  # the replay applies nothing twice
