@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
 from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, SHARD_MISSING, Settlement
 from services.stockfilter.idempotency import PUBLISHED, IdempotencyRecord, new_claim
-from services.store.items import Item, get_item
+from services.store.items import Item, get_item, rfc3339
 from services.store.lookup import PurchaseLookup
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 TWIN_WAIT_S = PRODUCE_TIMEOUT_S + 1.0
 TWIN_POLL_S = 0.02
 # Refusals after which Postgres is asked whether the key was admitted before.
-REFUSALS_TO_CHECK = frozenset({"sold_out", "rate_limited"})
+REFUSALS_TO_CHECK = frozenset({"sold_out", "rate_limited", "sale_ended"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class Admission:
                     raise self.sold_out(item_id)
                 await self._check_rate_limits(user_id, client, item_id)
             item = await self.item(item_id)
+            _check_window(item, time.time())
             _check_quantity(item, quantity)
             return await self._admit(purchase_id, user_id, key, item_id, quantity)
         except ApiError as refused:
@@ -307,3 +309,18 @@ def _check_quantity(item: Item, quantity: int) -> None:
             "quantity_above_limit",
             f"quantity may be at most {item.per_user_limit} for {item.item_id}",
         )
+
+
+def _check_window(item: Item, now_s: float) -> None:
+    """Before the start or after the end, from the cached item: no Kafka, no Postgres."""
+    starts_at, ends_at = item.terms.starts_at, item.terms.ends_at
+    if starts_at is not None and now_s < starts_at.timestamp():
+        wait_s = max(1, math.ceil(starts_at.timestamp() - now_s))
+        raise ApiError(
+            409,
+            "not_started",
+            f"the sale of {item.item_id} starts at {rfc3339(starts_at)}",
+            {"Retry-After": str(wait_s)},
+        )
+    if ends_at is not None and now_s >= ends_at.timestamp():
+        raise ApiError(409, "sale_ended", f"the sale of {item.item_id} ended at {rfc3339(ends_at)}")

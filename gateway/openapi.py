@@ -53,17 +53,32 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "stock": {"type": "integer", "minimum": 0, "maximum": MAX_INT},
             "per_user_limit": {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+            "starts_at": {"type": ["string", "null"], "format": "date-time"},
+            "ends_at": {"type": ["string", "null"], "format": "date-time"},
+            "hold_s": {"type": ["integer", "null"], "minimum": 1, "maximum": 86400},
         },
     },
     "Item": {
         "type": "object",
-        "required": ["item_id", "stock", "sold", "remaining", "per_user_limit"],
+        "required": [
+            "item_id",
+            "stock",
+            "sold",
+            "remaining",
+            "per_user_limit",
+            "starts_at",
+            "ends_at",
+            "hold_s",
+        ],
         "properties": {
             "item_id": {"type": "string"},
             "stock": {"type": "integer"},
             "sold": {"type": "integer"},
             "remaining": {"type": "integer"},
             "per_user_limit": {"type": "integer"},
+            "starts_at": {"type": ["string", "null"], "format": "date-time"},
+            "ends_at": {"type": ["string", "null"], "format": "date-time"},
+            "hold_s": {"type": ["integer", "null"]},
         },
     },
     "PurchaseRequest": {
@@ -85,13 +100,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "Purchase": {
         "type": "object",
-        "required": ["purchase_id", "item_id", "quantity", "status", "reason"],
+        "required": ["purchase_id", "item_id", "quantity", "status", "reason", "pay_by"],
         "properties": {
             "purchase_id": {"type": "string"},
             "item_id": {"type": "string"},
             "quantity": {"type": "integer"},
             "status": {"type": "string", "enum": ["pending", "confirmed", "rejected"]},
             "reason": {"type": ["string", "null"]},
+            "pay_by": {"type": ["string", "null"], "format": "date-time"},
         },
     },
 }

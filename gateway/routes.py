@@ -36,7 +36,7 @@ async def put_item(request: web.Request) -> web.Response:
     require_admin(request, gw.settings.admin_token, gw.settings.secret)
     item_id = path_item_id(request)
     spec = parse_item(await read_json_object(request, gw.settings.max_body_bytes))
-    written = await write_item(gw.core.pool, item_id, spec.stock, spec.per_user_limit)
+    written = await write_item(gw.core.pool, item_id, spec.stock, spec.per_user_limit, spec.terms)
     await apply_item_write(gw.core, written)
     gw.hints.forget(item_id)
     return web.json_response(written.item.as_json(), status=201 if written.created else 200)
@@ -82,6 +82,7 @@ def _purchase_json(row: PurchaseRow) -> dict[str, object]:
         "quantity": row.quantity,
         "status": row.status,
         "reason": row.reason,
+        "pay_by": None,
     }
 
 
@@ -99,6 +100,7 @@ async def _lookup(gw: Gateway, purchase_id: str, user_id: str) -> dict[str, obje
         "quantity": pending.quantity,
         "status": PENDING,
         "reason": None,
+        "pay_by": None,
     }
 
 

@@ -6,17 +6,22 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from gateway.errors import ApiError
+from services.store.items import SaleTerms
 
 ITEM_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 PURCHASE_ID_PATTERN = re.compile(r"p_[0-9a-f]{32}")
 IDEMPOTENCY_KEY_MAX_CHARS = 64
 MAX_INT = 1_000_000_000
 WAIT_MAX_S = 30.0
+HOLD_MAX_S = 86_400
+# RFC 3339 in UTC: a Z or a zero offset, seconds with an optional fraction.
+RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|\+00:00)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +34,7 @@ class PurchaseRequest:
 class ItemRequest:
     stock: int
     per_user_limit: int
+    terms: SaleTerms
 
 
 def _reject_constant(name: str) -> float:
@@ -99,10 +105,31 @@ def parse_purchase(body: dict[str, Any]) -> PurchaseRequest:
 
 
 def parse_item(body: dict[str, Any]) -> ItemRequest:
-    _check_fields(body, {"stock"}, {"per_user_limit"})
+    _check_fields(body, {"stock"}, {"per_user_limit", "starts_at", "ends_at", "hold_s"})
     stock = _integer(body, "stock", 0)
     limit = _integer(body, "per_user_limit", 1) if "per_user_limit" in body else 1
-    return ItemRequest(stock, limit)
+    starts_at, ends_at = _moment(body, "starts_at"), _moment(body, "ends_at")
+    if starts_at is not None and ends_at is not None and starts_at >= ends_at:
+        raise ApiError(422, "invalid_body", "starts_at must come before ends_at")
+    hold_s = None if body.get("hold_s") is None else _integer(body, "hold_s", 1, HOLD_MAX_S)
+    return ItemRequest(stock, limit, SaleTerms(starts_at, ends_at, hold_s))
+
+
+def _moment(body: dict[str, Any], field: str) -> datetime | None:
+    """An RFC 3339 time in UTC ("2026-11-25T18:00:00Z"), or null."""
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not RFC3339_UTC.fullmatch(value):
+        raise ApiError(
+            422,
+            "invalid_body",
+            f"{field} must be an RFC 3339 time in UTC, like 2026-11-25T18:00:00Z",
+        )
+    try:
+        return datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ApiError(422, "invalid_body", f"{field} is not a valid time: {exc}") from exc
 
 
 def path_item_id(request: web.Request) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -14,11 +15,21 @@ ITEM_LIST_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
+class SaleTerms:
+    """When an item sells, and for how long a confirmed unit waits for its payment."""
+
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    hold_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Item:
     item_id: str
     stock: int
     sold: int
     per_user_limit: int
+    terms: SaleTerms = SaleTerms()
 
     @property
     def remaining(self) -> int:
@@ -31,11 +42,22 @@ class Item:
             "sold": self.sold,
             "remaining": self.remaining,
             "per_user_limit": self.per_user_limit,
+            "starts_at": rfc3339(self.terms.starts_at),
+            "ends_at": rfc3339(self.terms.ends_at),
+            "hold_s": self.terms.hold_s,
         }
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Item:
-        return cls(row["item_id"], row["stock"], row["sold"], row["per_user_limit"])
+        terms = SaleTerms(row["starts_at"], row["ends_at"], row["hold_s"])
+        return cls(row["item_id"], row["stock"], row["sold"], row["per_user_limit"], terms)
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    """UTC with a Z, as api.md writes times; None stays None."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,18 +73,25 @@ class ItemWrite:
 
 
 async def write_item(
-    pool: asyncpg.Pool, item_id: str, stock: int, per_user_limit: int
+    pool: asyncpg.Pool,
+    item_id: str,
+    stock: int,
+    per_user_limit: int,
+    terms: SaleTerms = SaleTerms(),
 ) -> ItemWrite:
-    """Create or update an item. StockBelowSoldError when stock would drop below sold."""
+    """Create or update an item (a write replaces its terms: unset means none).
+
+    StockBelowSoldError when stock would drop below sold."""
+    values = (item_id, stock, per_user_limit, terms.starts_at, terms.ends_at, terms.hold_s)
     async with database_errors(), pool.acquire() as conn, conn.transaction():
         old_stock = await conn.fetchval(query("lock_item"), item_id)
         if old_stock is None:
-            row = await conn.fetchrow(query("insert_item"), item_id, stock, per_user_limit)
+            row = await conn.fetchrow(query("insert_item"), *values)
             if row is not None:
                 return ItemWrite(Item.from_row(row), None)
             # Created by a concurrent write since our read: lock it and update.
             old_stock = await conn.fetchval(query("lock_item"), item_id)
-        row = await conn.fetchrow(query("update_item"), item_id, stock, per_user_limit)
+        row = await conn.fetchrow(query("update_item"), *values)
     if row is None:
         current = await get_item(pool, item_id)
         raise StockBelowSoldError(
