@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
@@ -96,7 +97,11 @@ class _ProducerSlot:
 
 
 async def reconcile_forever(
-    settings: Settings, core: CoreResources, stop: asyncio.Event, stats: ConsumerStats
+    settings: Settings,
+    core: CoreResources,
+    stop: asyncio.Event,
+    stats: ConsumerStats,
+    owns: Callable[[str], bool] | None = None,
 ) -> None:
     """Run reconciler passes until stopped, surviving every failure but a bug.
 
@@ -106,7 +111,7 @@ async def reconcile_forever(
     say) propagates, and `serve` stops the process with it (exit non-zero).
     """
     slot = _ProducerSlot()
-    reconciler = Reconciler(core, slot.publish, settings.reservation_stale_s)
+    reconciler = Reconciler(core, slot.publish, settings.reservation_stale_s, owns=owns)
     backoff_s = settings.reconcile_interval_s
     while not stop.is_set():
         passes_before = stats.reconciler_passes
@@ -157,7 +162,9 @@ async def serve(settings: Settings) -> None:
     ) as core:
         await prepare(settings, core)
         worker = PurchaseConsumer(settings, core, build_kafka_consumer(settings))
-        reconciler = asyncio.create_task(reconcile_forever(settings, core, stop, worker.stats))
+        reconciler = asyncio.create_task(
+            reconcile_forever(settings, core, stop, worker.stats, worker.owns_item)
+        )
         # A reconciler that died of a bug stops the consumer: `await reconciler`
         # below raises it, and the process exits non-zero instead of running on
         # without anyone republishing lost purchases.

@@ -13,6 +13,7 @@ from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from consumers.logcheck import LogVerdict, RecordAt, judge_log, records_at
 from services.errors import FencedError, FlashsaleError, UnavailableError
@@ -128,6 +129,7 @@ class PurchaseConsumer:
         # The rebalance listener and the poll loop both take pending leases: one at a time.
         self._taking = asyncio.Lock()
         self.stats = ConsumerStats()
+        self._partitioner = DefaultPartitioner()
 
     def reset(self, kafka: AIOKafkaConsumer) -> None:
         """A new group membership: every lease must be taken again."""
@@ -139,6 +141,16 @@ class PurchaseConsumer:
         self.blocked_since.clear()
         self.unanswered.clear()
         self.unassigned_since = time.monotonic()
+
+    def owns_item(self, item_id: str) -> bool:
+        """Whether this member holds the lease of the partition the item's purchases
+        go to (the producers' default partitioner, keyed by item id)."""
+        partitions = self.kafka.partitions_for_topic(self.settings.topic)
+        if not partitions:
+            return False
+        ordered = sorted(partitions)
+        partition = self._partitioner(item_id.encode(), ordered, ordered)
+        return partition in self.leases.epochs
 
     def mark_assigned(self, assigned: list[TopicPartition]) -> None:
         now = time.monotonic()

@@ -105,12 +105,21 @@ class Admission:
         except ApiError as refused:
             if refused.code not in REFUSALS_TO_CHECK:
                 raise
-            # Redis may have forgotten this key (restart, eviction, TTL): Postgres knows.
+            return await self._stored_or(refused, purchase_id, user_id, item_id, quantity)
+
+    async def _stored_or(
+        self, refused: ApiError, purchase_id: str, user_id: str, item_id: str, quantity: int
+    ) -> Admitted:
+        """The purchase when Postgres holds it (Redis forgot this key: a restart,
+        eviction, the TTL), else the refusal. Postgres down changes no answer."""
+        try:
             stored = await self.lookup.find(purchase_id)
-            if stored is None or stored.user_id != user_id:
-                raise
-            self.metrics.recovered.inc()
-            return self._replay(purchase_id, stored.item_id, stored.quantity, item_id, quantity)
+        except UnavailableError:
+            raise refused from None
+        if stored is None or stored.user_id != user_id:
+            raise refused
+        self.metrics.recovered.inc()
+        return self._replay(purchase_id, stored.item_id, stored.quantity, item_id, quantity)
 
     def sold_out(self, item_id: str) -> SoldOut:
         self.metrics.sold_out.labels("true").inc()
@@ -277,16 +286,14 @@ class Admission:
         try:
             await self.producer.publish(message)
         except UnavailableError:
-            # Nothing stays reserved: give the units back and forget the claim.
             self.metrics.produce_errors.inc()
-            await self.core.stock.settle(
-                [
-                    Settlement(
-                        message.item_id, message.shard, message.purchase_id, message.quantity, True
-                    )
-                ]
-            )
-            await self.core.idempotency.swap(message.purchase_id, claim, None)
+            # Give the units back only while the claim is still ours: a request that
+            # took this admission over (we were slow) publishes the same reservation.
+            if await self.core.idempotency.swap(message.purchase_id, claim, None):
+                giveback = Settlement(
+                    message.item_id, message.shard, message.purchase_id, message.quantity, True
+                )
+                await self.core.stock.settle([giveback])
             raise
         self.metrics.produce_latency.observe(time.perf_counter() - started)
 

@@ -15,6 +15,10 @@ from services.settings import Settings
 
 PRODUCE_TIMEOUT_S = 5.0
 LINGER_MS = 2
+# A broker that lost its topics (the embedded one on restart) may recreate the
+# topic with fewer partitions and still acknowledge sends to the old ones, whose
+# records nobody can read: stale metadata must not outlive that for long.
+METADATA_MAX_AGE_MS = 5_000
 
 
 class PurchaseProducer:
@@ -55,6 +59,7 @@ async def open_producer(settings: Settings) -> AsyncIterator[PurchaseProducer]:
         # The broker refuses InitProducerId; Postgres removes duplicates anyway.
         enable_idempotence=False,
         linger_ms=LINGER_MS,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
         request_timeout_ms=int(PRODUCE_TIMEOUT_S * 1000),
         client_id=f"flashsale-{settings.consumer_name or 'gateway'}",
     )

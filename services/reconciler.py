@@ -22,7 +22,7 @@ from services.schema import MessageError, PurchaseMessage
 from services.stockfilter.filter import Settlement, ShardSnapshot, StockFilter
 from services.store.db import database_errors
 from services.store.decide import CONFIRMED, REJECTED
-from services.store.items import Item, ItemWrite, get_items
+from services.store.items import Item, ItemWrite, get_items, item_ids_after
 from services.store.purchases import known_statuses
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class FilterView:
 
     @property
     def filter_units(self) -> int:
-        return sum(shard.units or 0 for shard in self.shards)
+        # A shard below zero (a debt left by an older version) sells nothing.
+        return sum(max(shard.units or 0, 0) for shard in self.shards)
 
     @property
     def held_units(self) -> int:
@@ -126,14 +127,16 @@ async def repair(stock: StockFilter, view: FilterView, per_request: int) -> int:
 
 
 def _levels(shards: list[ShardSnapshot]) -> dict[int, int]:
-    return {i: s.units for i, s in enumerate(shards) if s.units is not None}
+    return {i: max(s.units, 0) for i, s in enumerate(shards) if s.units is not None}
 
 
 def spread_plan(levels: dict[int, int], units: int, per_request: int = 1) -> dict[int, int]:
     """How to add `units` (or take, when negative) over shards at `levels`.
 
     Units go to the emptiest shards, in lots a request can use; units are taken
-    from the fullest, and what they lack becomes a debt on the fullest one.
+    from the fullest, never more than a shard holds: what the shards lack now is
+    in flight, comes back as those purchases are rejected, and a later repair
+    takes it then.
     """
     plan: dict[int, int] = {}
     if not levels or units == 0:
@@ -151,8 +154,6 @@ def spread_plan(levels: dict[int, int], units: int, per_request: int = 1) -> dic
         if take:
             plan[shard] = -take
             owed -= take
-    if owed:
-        plan[order[0]] = plan.get(order[0], 0) - owed
     return plan
 
 
@@ -161,7 +162,11 @@ async def apply_item_write(core: CoreResources, written: ItemWrite) -> None:
     stock, an increment that cannot erase reserves or settlements in flight."""
     item = written.item
     if written.old_stock is None:
-        await core.stock.set_remaining(item.item_id, item.remaining, item.per_user_limit)
+        # NX: a reconciler may have filled the new item's shards already, and a
+        # buyer taken a unit since.
+        await core.stock.set_remaining(
+            item.item_id, item.remaining, item.per_user_limit, only_missing=True
+        )
         return
     shards = await core.stock.snapshot(item.item_id)
     if any(shard.units is None for shard in shards):
@@ -185,18 +190,52 @@ class Reconciler:
     # item -> (filter units, drift) seen by the last passes.
     idle_drift: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     items_per_pass: int = ITEMS_PER_PASS
+    # Which items this process repairs drift of: the owner of the item's partition,
+    # so two reconcilers never both apply one repair. None: every item.
+    owns: Callable[[str], bool] | None = None
     _cursor: int = 0
+    # The last item id of a sweep in progress (None: no sweep).
+    _sweep_after: str | None = None
 
     async def run_once(self) -> ReconcileReport:
-        """One step through the active items (a full cycle may take several passes)."""
-        self._cursor, item_ids = await self.core.activity.scan(self._cursor, self.items_per_pass)
+        """One step through the active items (a full cycle may take several passes),
+        and one page of a sweep over every item after Redis lost its data."""
         total = ReconcileReport()
-        for start in range(0, len(item_ids), self.items_per_pass):
-            chunk = list(dict.fromkeys(item_ids[start : start + self.items_per_pass]))
-            for view in await read_views(self.core, chunk):
-                total.add(await self.reconcile(view))
+        await self._sweep_step(total)
+        self._cursor, item_ids = await self.core.activity.scan(self._cursor, self.items_per_pass)
+        item_ids = list(dict.fromkeys(item_ids))
+        views = await read_views(self.core, item_ids)
+        for view in views:
+            total.add(await self.reconcile(view))
+        for unknown in set(item_ids) - {view.item.item_id for view in views}:
+            await self.core.activity.forget_if_quiet(unknown)  # marked, but no such item
         self._forget_old_republishes()
         return total
+
+    async def _sweep_step(self, total: ReconcileReport) -> None:
+        """Visit every item once after Redis lost its data: the set of active items
+        went with it, so items nobody buys would keep a missing filter (a sale that
+        starts later would open on 503s) and orphaned records nobody republishes."""
+        if self._sweep_after is None:
+            if not await self.core.activity.needs_sweep():
+                return
+            await self.core.activity.sweep_started()
+            self._sweep_after = ""
+        elif not await self.core.activity.sweep_intact():
+            await self.core.activity.sweep_started()  # lost again meanwhile: start over
+            self._sweep_after = ""
+        item_ids = await item_ids_after(self.core.pool, self._sweep_after, self.items_per_pass)
+        if not item_ids:
+            await self.core.activity.sweep_done()
+            self._sweep_after = None
+            return
+        for view in await read_views(self.core, item_ids):
+            if view.missing:
+                await repair(self.core.stock, view, view.item.per_user_limit)
+                total.rebuilt.append(view.item.item_id)
+            if view.messages:
+                await self.core.activity.mark(view.item.item_id, force=True)
+        self._sweep_after = item_ids[-1]
 
     async def reconcile_item(self, item_id: str) -> ReconcileReport:
         views = await read_views(self.core, [item_id])
@@ -217,7 +256,9 @@ class Reconciler:
             report.settled = len(settle)
         pending = [m for m in view.messages if m.purchase_id not in view.final]
         report.republished = await self._republish_stale(pending)
-        if view.missing or self._drift_settled(view):
+        # Settling gave units back since the view was read: repair on a later pass.
+        may_repair = not settle and (self.owns is None or self.owns(item.item_id))
+        if view.missing or (may_repair and self._drift_settled(view)):
             units = await repair(self.core.stock, view, item.per_user_limit)
             report.rebuilt.append(item.item_id)
             log.warning("stock filter of %s repaired from Postgres: %+d units", item.item_id, units)

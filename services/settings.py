@@ -40,7 +40,8 @@ RECONCILE_INTERVAL_S = 2.0
 # rebalance that will not finish (seen with the embedded broker when members
 # left mid-rebalance): it leaves the group and joins again.
 REJOIN_STUCK_S = 45.0
-RESERVATION_STALE_S = 5.0
+# Longer than a produce may take (5 s): a slow admitter is not taken over.
+RESERVATION_STALE_S = 10.0
 GATEWAY_PORT = 8080
 # HMAC-SHA256 keys and bearer secrets: 32 bytes is the hash's own strength.
 MIN_SECRET_BYTES = 32

@@ -15,7 +15,7 @@ from importlib import resources
 
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, redis_errors
-from services.stockfilter.keys import active_items_key
+from services.stockfilter.keys import active_items_key, sweeping_key, swept_key
 
 # A gateway re-marks an item it keeps selling this often...
 MARK_EVERY_S = 1.0
@@ -72,6 +72,25 @@ class ActiveItems:
                 self._forget, [active_items_key()], [item_id, self.quiet_s]
             )
         return int(removed) == 1
+
+    async def needs_sweep(self) -> bool:
+        """Redis lost its data (or never had it): every item must be visited once,
+        for the set of active items was lost with it."""
+        async with redis_errors():
+            return not await self.redis.exists(swept_key())
+
+    async def sweep_started(self) -> None:
+        async with redis_errors():
+            await self.redis.set(sweeping_key(), "1")
+
+    async def sweep_intact(self) -> bool:
+        """False when Redis lost its data again during the sweep: start over."""
+        async with redis_errors():
+            return bool(await self.redis.exists(sweeping_key()))
+
+    async def sweep_done(self) -> None:
+        async with redis_errors():
+            await self.redis.set(swept_key(), "1")
 
 
 def _text(value: object) -> str:

@@ -1,7 +1,8 @@
 -- Add (or take) units on a shard that exists. An increment commutes with every
 -- concurrent reserve and settle, so a stock change never overwrites what a
--- gateway or a consumer did meanwhile. A shard may go below zero: a debt that
--- returned units pay first, and no reserve passes.
+-- gateway or a consumer did meanwhile. Callers never take more than a shard
+-- holds: a shard below zero would keep a debt that units given back to other
+-- shards never pay.
 -- With ARGV[2], only when the shard still holds exactly that many units: a
 -- drift repair computed from a snapshot is applied once, however many
 -- reconcilers computed it, and never over a change it did not see.

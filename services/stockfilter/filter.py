@@ -124,20 +124,28 @@ class StockFilter:
         return returned
 
     async def set_remaining(
-        self, item_id: str, remaining_units: int, units_per_request: int = 1
+        self,
+        item_id: str,
+        remaining_units: int,
+        units_per_request: int = 1,
+        only_missing: bool = False,
     ) -> None:
-        """Spread `remaining_units` over the shards (the rebuild of design.md).
+        """Spread `remaining_units` over the shards (a new item's filter).
 
         A request takes its units from one shard, so a small stock goes into fewer
-        shards, each holding at least `units_per_request` where possible.
+        shards, each holding at least `units_per_request` where possible. With
+        `only_missing`, shards that exist are left as they are.
         """
         remaining_units = max(remaining_units, 0)
         used = max(1, min(self.shards, remaining_units // max(units_per_request, 1)))
         base, extra = divmod(remaining_units, used)
-        async with redis_errors():
-            for shard in range(self.shards):
-                units = base + (1 if shard < extra else 0) if shard < used else 0
-                await self.redis.set(stock_key(item_id, shard), units)
+        for shard in range(self.shards):
+            units = base + (1 if shard < extra else 0) if shard < used else 0
+            if only_missing:
+                await self.fill(item_id, shard, units)
+            else:
+                async with redis_errors():
+                    await self.redis.set(stock_key(item_id, shard), units)
 
     async def snapshot(self, item_id: str) -> list[ShardSnapshot]:
         """Every shard, each read atomically with its records (one round trip in all)."""

@@ -27,4 +27,14 @@ def limits_prefix() -> str:
 
 
 def active_items_key() -> str:
-    return f"{PREFIX}:active"
+    return f"{PREFIX}:{{active}}"
+
+
+def swept_key() -> str:
+    """Present once a reconciler visited every item since Redis last lost its data
+    (same slot as the active set: losing one loses the other)."""
+    return f"{PREFIX}:{{active}}:swept"
+
+
+def sweeping_key() -> str:
+    return f"{PREFIX}:{{active}}:sweeping"

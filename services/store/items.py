@@ -126,3 +126,9 @@ async def get_items(conn: Connection, item_ids: list[str]) -> dict[str, Item]:
     async with database_errors():
         rows = await conn.fetch(query("get_items"), item_ids)
     return {row["item_id"]: Item.from_row(row) for row in rows}
+
+
+async def item_ids_after(pool: asyncpg.Pool, after: str, limit: int) -> list[str]:
+    async with database_errors():
+        rows = await pool.fetch(query("item_ids_after"), after, limit)
+    return [row["item_id"] for row in rows]

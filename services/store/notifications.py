@@ -20,6 +20,8 @@ from services.store.purchases import RESULTS_CHANNEL
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 1.0
+HEARTBEAT_S = 5.0
+HEARTBEAT_TIMEOUT_S = 2.0
 # Long-polls one user may hold at once on one gateway.
 MAX_WAITS_PER_OWNER = 32
 
@@ -93,10 +95,18 @@ async def _listen_once(url: str, waiters: ResultWaiters, stop: asyncio.Event) ->
     try:
         await conn.add_listener(RESULTS_CHANNEL, on_notify)
         waiters.set_listening(True)
-        watchers = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]
-        _done, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+        while True:
+            watchers = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]
+            done, pending = await asyncio.wait(
+                watchers, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if done:
+                return
+            # A half-open connection never ends by itself: waiters trusting it
+            # would wait out their whole time for notifications that never come.
+            await conn.fetchval("SELECT 1", timeout=HEARTBEAT_TIMEOUT_S)
     finally:
         waiters.set_listening(False)
         with contextlib.suppress(*CONNECTION_ERRORS):

@@ -30,7 +30,7 @@ from services.schema import PurchaseMessage, purchase_id_for
 from services.settings import Settings
 from services.stockfilter.activity import ActiveItems
 from services.stockfilter.filter import Settlement
-from services.stockfilter.keys import active_items_key, idempotency_key, stock_key
+from services.stockfilter.keys import active_items_key, idempotency_key, stock_key, swept_key
 from services.store.items import write_item
 from services.store.lookup import PurchaseLookup
 from services.store.notifications import ResultWaiters, TooManyWaitsError
@@ -232,6 +232,7 @@ async def test_the_reconciler_covers_items_past_the_first_thousand(
             "FROM generate_series(1, 1100) AS g ON CONFLICT DO NOTHING"
         )
     await core.redis.delete(active_items_key())
+    await core.redis.set(swept_key(), "1")  # no sweep after a Redis loss in this test
     quiet = ActiveItems(core.redis, core.activity.pipe, quiet_s=0.0)
     republished: list[PurchaseMessage] = []
 
@@ -320,3 +321,73 @@ async def wait_listening(waiters: ResultWaiters) -> None:
         return waiters.listening
 
     await wait_for(listening, timeout_s=10)
+
+
+async def test_after_redis_lost_its_data_every_item_is_visited(core: CoreResources) -> None:
+    """Review of issue 9: the active set is lost with Redis, so an item nobody buys
+    kept a missing filter (a sale starting later opened on 503s)."""
+    item_id = await new_item(core, 4)
+    await core.redis.delete(*[stock_key(item_id, s) for s in range(core.stock.shards)])
+    await core.redis.delete(active_items_key(), swept_key())
+    reconciler = Reconciler(core, None, stale_s=60.0)
+
+    async def swept() -> bool:
+        await reconciler.run_once()
+        return bool(await core.redis.exists(swept_key()))
+
+    await wait_for(swept, timeout_s=60, interval_s=0)
+    (view,) = await read_views(core, [item_id])
+    assert view.missing == [] and view.filter_units == 4
+
+
+async def test_a_slow_admitter_taken_over_keeps_the_reservation_it_lost(
+    admission: Admission, core: CoreResources, settings: Settings
+) -> None:
+    """Review of issue 9: an admitter whose produce failed gave its units back even
+    after a retry had taken the admission over and published that reservation."""
+    item_id = await new_item(core, 10)
+    user, key = "slow", secrets.token_hex(4)
+    release = asyncio.Event()
+
+    async def hung_then_failed(_message: PurchaseMessage) -> tuple[int, int]:
+        await release.wait()
+        raise UnavailableError("the broker did not answer in time")
+
+    slow_producer = admission.producer
+    admission.producer = type("Hung", (), {"publish": staticmethod(hung_then_failed)})()  # type: ignore[assignment]
+    slow = asyncio.create_task(admission.purchase(user, key, item_id, 1, "127.0.0.1"))
+    purchase_id = purchase_id_for(admission.settings.secret, user, key)
+    await wait_for(lambda: _reserved(core, item_id, purchase_id), timeout_s=10)
+    other = Admission(
+        core,
+        slow_producer,
+        ItemHints(1.0, 0.5),
+        GatewayMetrics(),
+        admission.limits,
+        admission.lookup,
+    )
+    other.settings = admission.settings
+    retried = await other.purchase(user, key, item_id, 1, "127.0.0.1")
+    assert retried.replayed is False
+    release.set()
+    with pytest.raises(UnavailableError):
+        await slow
+    assert await filter_units(core, item_id) == 9  # the published reservation stands
+
+
+async def _reserved(core: CoreResources, item_id: str, purchase_id: str) -> bool:
+    return any(purchase_id in shard.records for shard in await core.stock.snapshot(item_id))
+
+
+async def test_postgres_down_changes_no_refusal_into_a_503(
+    admission: Admission, core: CoreResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    item_id = await new_item(core, 1)
+    admission.hints.mark_sold_out(item_id)
+
+    def unavailable(_purchase_id: str) -> Any:
+        raise UnavailableError("postgres restarting")
+
+    monkeypatch.setattr(admission.lookup, "find", unavailable)
+    with pytest.raises(SoldOut):
+        await admission.purchase("late", secrets.token_hex(4), item_id, 1, "127.0.0.1")

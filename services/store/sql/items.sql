@@ -31,3 +31,7 @@ UPDATE items
 SET stock = $2, per_user_limit = $3, starts_at = $4, ends_at = $5, hold_s = $6, updated_at = now()
 WHERE item_id = $1 AND sold <= $2
 RETURNING item_id, stock, sold, per_user_limit, starts_at, ends_at, hold_s;
+
+-- name: item_ids_after
+-- One page of a walk over every item (the reconciler's sweep after Redis lost its data).
+SELECT item_id FROM items WHERE item_id > $1 ORDER BY item_id LIMIT $2;
