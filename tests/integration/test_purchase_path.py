@@ -176,6 +176,9 @@ async def test_admin_routes(live: LiveStack, http: aiohttp.ClientSession) -> Non
         "sold": 1,
         "remaining": 3,
         "per_user_limit": 1,
+        "starts_at": None,
+        "ends_at": None,
+        "hold_s": None,
     }
     async with http.get(f"{live.url}/v1/items/{fresh_id()}") as response:
         assert response.status == 404
