@@ -10,12 +10,15 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test lint typecheck unit clean
+.PHONY: install system-deps browser-deps demo test lint typecheck unit clean
 
 install: system-deps $(VENV)/.synced
 
 system-deps:
 	@bash infra/install-system-deps.sh
+
+browser-deps:
+	@bash infra/install-browser.sh
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -35,7 +38,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+test: lint typecheck browser-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: install

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.admission import Admission
+from gateway.dashboard import Dashboard
 from gateway.errors import error_middleware
 from gateway.hints import ItemHints
 from gateway.metrics import GatewayMetrics, metrics_middleware
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
                 metrics=metrics,
                 waiters=waiters,
                 admission=Admission(core, producer, hints, metrics, limits, lookup),
+                dashboard=Dashboard(core, metrics),
             )
             yield
 

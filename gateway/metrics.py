@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 
@@ -12,12 +13,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.errors import Handler
 
+PURCHASES_ROUTE = "/v1/purchases"
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 @dataclass
 class GatewayMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # Answers to POST /v1/purchases by status, for the live dashboard's rates.
+    purchase_answers: collections.Counter[int] = field(default_factory=collections.Counter)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -80,6 +84,8 @@ def metrics_middleware(metrics: GatewayMetrics) -> Middleware:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         metrics.requests.labels(route, request.method, str(response.status)).inc()
+        if route == PURCHASES_ROUTE and request.method == "POST":
+            metrics.purchase_answers[response.status] += 1
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
         return response
 

@@ -212,6 +212,18 @@ PATHS: dict[str, Any] = {
     "/openapi.json": {
         "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
     },
+    "/dashboard": {
+        "get": {
+            "summary": "Live dashboard: items, answer rates, consumer lag (no user data)",
+            "responses": {"200": {"description": "an HTML page", "content": {"text/html": {}}}},
+        }
+    },
+    "/dashboard.json": {
+        "get": {
+            "summary": "What the dashboard shows, rebuilt at most once a second",
+            "responses": {"200": {"description": "items, rates_per_s, partitions"}},
+        }
+    },
 }
 
 

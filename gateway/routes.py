@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 
 from gateway.auth import require_admin, require_user
+from gateway.dashboard import dashboard_page
 from gateway.errors import ApiError
 from gateway.state import GATEWAY, Gateway
 from gateway.validation import (
@@ -163,6 +164,11 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+async def dashboard_json(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return web.json_response(await gw.dashboard.snapshot(), headers={"Cache-Control": "no-store"})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/items/{item_id}", put_item)
     app.router.add_get("/v1/items/{item_id}", get_item_handler)
@@ -171,3 +177,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/dashboard", dashboard_page)
+    app.router.add_get("/dashboard.json", dashboard_json)

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admission import Admission
+from gateway.dashboard import Dashboard
 from gateway.hints import ItemHints
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimits
@@ -31,6 +32,7 @@ class Gateway:
     metrics: GatewayMetrics
     waiters: ResultWaiters
     admission: Admission
+    dashboard: Dashboard
 
     async def readiness(self) -> dict[str, bool]:
         names = ("postgres", "redis", "kafka")

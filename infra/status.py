@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +12,7 @@ from services.resources import open_core
 from services.settings import Settings
 from services.store.items import list_items
 from services.store.leases import list_leases
+from services.topics import end_offsets
 
 THROUGHPUT_WINDOW_S = 10
 
@@ -29,20 +26,6 @@ def settings_for(stack: StackFile) -> Settings:
         admin_token=stack.admin_token,
         secret=stack.secret,
     )
-
-
-async def end_offsets(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        await consumer.start()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: offset for tp, offset in ends.items()}
-    except (KafkaError, OSError) as exc:
-        raise UnavailableError(f"kafka unavailable: {exc!r}") from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
 
 
 async def show(stack: StackFile, console: Console) -> None:

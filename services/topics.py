@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -34,3 +36,20 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
         raise UnavailableError(f"kafka unavailable at {bootstrap}: {exc!r}") from exc
     finally:
         await admin.close()
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    """Each partition's end offset (lag = end - the offset stored in its lease)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=ADMIN_TIMEOUT_MS
+    )
+    try:
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise UnavailableError(f"kafka unavailable: {exc!r}") from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()

@@ -132,3 +132,9 @@ async def item_ids_after(pool: asyncpg.Pool, after: str, limit: int) -> list[str
     async with database_errors():
         rows = await pool.fetch(query("item_ids_after"), after, limit)
     return [row["item_id"] for row in rows]
+
+
+async def recent_items(pool: asyncpg.Pool, limit: int) -> list[Item]:
+    async with database_errors():
+        rows = await pool.fetch(query("recent_items"), limit)
+    return [Item.from_row(row) for row in rows]

@@ -35,3 +35,8 @@ RETURNING item_id, stock, sold, per_user_limit, starts_at, ends_at, hold_s;
 -- name: item_ids_after
 -- One page of a walk over every item (the reconciler's sweep after Redis lost its data).
 SELECT item_id FROM items WHERE item_id > $1 ORDER BY item_id LIMIT $2;
+
+-- name: recent_items
+-- The items a live dashboard shows: those whose stock or sales changed last.
+SELECT item_id, stock, sold, per_user_limit, starts_at, ends_at, hold_s
+FROM items ORDER BY updated_at DESC, item_id LIMIT $1;
