@@ -168,7 +168,10 @@ def run_loadtest(
 ) -> LoadtestSummary:
     run_id = secrets.token_hex(3)
     items = plan_items(scenario, run_id)
-    files = RunFiles(runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario}-{run_id}")
+    # Absolute: Locust runs with the run folder as its working directory, so a
+    # relative path (the default `.flashsale`) would point inside itself.
+    folder = runs_dir.resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario}-{run_id}"
+    files = RunFiles(folder)
     files.folder.mkdir(parents=True, exist_ok=True)
     progress.phase(f"putting {len(items)} item(s) on sale")
     for item in items:

@@ -31,14 +31,16 @@ DURATION_S = "5"
 
 
 def run(
-    command: list[str], state_dir: Path, timeout: float = 120
+    command: list[str], state_dir: Path, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
     env["FLASHSALE_STATE_DIR"] = str(state_dir)
+    # The repository on the import path, also when the command runs elsewhere.
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     env["FLASHSALE_POSTGRES_FSYNC"] = "false"
     env["FLASHSALE_PARTITIONS"] = "4"
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        command, capture_output=True, text=True, timeout=timeout, env=env, check=False, cwd=cwd
     )
 
 
@@ -75,6 +77,20 @@ def test_help_names_every_scenario_and_setting(tmp_path: Path) -> None:
     assert result.returncode == 0
     for word in ("spike", "retry-storm", "multi-item", "abusive", "FLASHSALE_LOADTEST_USERS"):
         assert word in result.stdout
+
+
+def test_a_relative_state_folder_works_as_a_new_user_has_it(stack_dir: Path) -> None:
+    """`.flashsale` relative to where the user stands (Locust runs in the run's own
+    folder: it was handed paths relative to the old one and wrote nothing found)."""
+    relative = Path(stack_dir.name)
+    result = run(
+        [*LOADTEST, "spike", "--users", USERS, "--duration", "3", "--json"],
+        relative,
+        cwd=stack_dir.parent,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert json.loads(result.stdout)["ok"] is True
+    assert list((stack_dir / "loadtests").glob("*-spike-*/locust.json"))
 
 
 @pytest.mark.parametrize("scenario", ["spike", "retry-storm", "multi-item", "abusive"])
