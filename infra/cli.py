@@ -93,7 +93,11 @@ def main() -> None:
     help="Run a 3-master Redis Cluster instead of one node.",
 )
 @click.option(
-    "--detach", is_flag=True, help="Return once everything is ready; stop it with `flashsale down`."
+    "--detach",
+    is_flag=True,
+    envvar="FLASHSALE_DETACH",
+    show_envvar=True,
+    help="Return once everything is ready; stop it with `flashsale down`.",
 )
 @click.option(
     "--port",
@@ -289,6 +293,8 @@ def scale(count: int, state_dir: Path) -> None:
     type=click.IntRange(1, 64),
     default=2,
     show_default=True,
+    envvar="FLASHSALE_DEMO_CONSUMERS",
+    show_envvar=True,
     help="Consumer processes.",
 )
 def demo(buyers: int, stock: int, consumer_count: int) -> None:

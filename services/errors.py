@@ -6,8 +6,6 @@ from __future__ import annotations
 class FlashsaleError(Exception):
     """Base of every error this project raises on purpose."""
 
-    retriable = False
-
 
 class SettingsError(FlashsaleError):
     """A FLASHSALE_* setting is missing or malformed."""
@@ -18,9 +16,7 @@ class ServiceStartError(FlashsaleError):
 
 
 class UnavailableError(FlashsaleError):
-    """A backing service (Redis, Kafka, Postgres) cannot be reached now."""
-
-    retriable = True
+    """A backing service (Redis, Kafka, Postgres) cannot be reached now: retry later."""
 
 
 class FencedError(FlashsaleError):

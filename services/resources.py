@@ -46,6 +46,7 @@ async def open_core(
         redis = open_redis(settings.redis_url, settings.redis_cluster)
         stack.push_async_callback(close_redis, redis)
         pipe = AutoPipeline(redis)
+        stack.push_async_callback(pipe.close)
         yield CoreResources(
             settings=settings,
             pool=pool,

@@ -23,11 +23,6 @@ def purchase_id_for(secret: str, user_id: str, idempotency_key: str) -> str:
     return "p_" + digest[:PURCHASE_ID_BYTES].hex()
 
 
-def request_fingerprint(item_id: str, quantity: int) -> str:
-    """What a retry with the same key must repeat exactly (422 otherwise)."""
-    return f"{item_id}|{quantity}"
-
-
 @dataclass(frozen=True, slots=True)
 class PurchaseMessage:
     purchase_id: str

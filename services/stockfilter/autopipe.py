@@ -31,6 +31,11 @@ class AutoPipeline:
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
+    async def close(self) -> None:
+        """Let the flushes already sent finish: their callers are waiting for them."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def get(self, key: str) -> Any:
         if not self.enabled:
             return await self.redis.get(key)
