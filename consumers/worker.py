@@ -46,6 +46,7 @@ PENDING_RETRY_MAX_S = 16.0
 # and a partition must not stall for good on a broker that never answers (seen on
 # the embedded broker after a restart recreated the topic under a live producer).
 LOG_CHECK_ATTEMPTS = 3
+OFFSETS_TIMEOUT_S = 5.0
 
 
 class RejoinStuckError(FlashsaleError):
@@ -250,8 +251,14 @@ class PurchaseConsumer:
         Partitions left out stay pending: the broker did not answer the check.
         """
         tps = list(grants)
-        ends = await self.kafka.end_offsets(tps)
-        begins = await self.kafka.beginning_offsets(tps)
+        try:
+            # aiokafka would wait its whole request timeout (40 s) on a broker that
+            # restarts: a member then takes no lease for that long.
+            async with asyncio.timeout(OFFSETS_TIMEOUT_S):
+                ends = await self.kafka.end_offsets(tps)
+                begins = await self.kafka.beginning_offsets(tps)
+        except TimeoutError as exc:
+            raise UnavailableError("the broker did not give the partitions' offsets") from exc
 
         def verdict(tp: TopicPartition, answer: RecordAt | None) -> LogVerdict:
             grant = grants[tp]
