@@ -105,7 +105,7 @@ SCHEMAS: dict[str, Any] = {
             "purchase_id": {"type": "string"},
             "item_id": {"type": "string"},
             "quantity": {"type": "integer"},
-            "status": {"type": "string", "enum": ["pending", "confirmed", "rejected"]},
+            "status": {"type": "string", "enum": ["pending", "confirmed", "rejected", "cancelled"]},
             "reason": {"type": ["string", "null"]},
             "pay_by": {"type": ["string", "null"], "format": "date-time"},
         },

@@ -11,9 +11,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import routes
 from gateway.app import create_app
+from gateway.hints import ItemHints
 from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
 from services.settings import Settings
+from services.stockfilter.returns import announce_returned, returned_units_listener
 from services.store.batch import Lease, apply_batch
 from services.store.decide import Record
 from services.store.leases import acquire_lease
@@ -164,3 +166,17 @@ async def confirmed_elsewhere(
         result = await apply_batch(conn, lease, [Record(0, message)])
     assert [d.status for d in result.decisions.new] == ["confirmed"]
     return purchase_id
+
+
+async def test_an_announced_item_loses_its_sold_out_hint(core: CoreResources) -> None:
+    hints = ItemHints(item_ttl_s=60, sold_out_ttl_s=60)
+    item_id = fresh_id()
+    hints.mark_sold_out(item_id)
+    async with returned_units_listener(core.redis, hints.forget):
+
+        async def forgotten() -> bool:
+            # Announced each round: the listener may not be subscribed yet.
+            await announce_returned(core.redis, [item_id])
+            return not hints.is_sold_out(item_id)
+
+        assert await wait_for(forgotten, timeout_s=20, interval_s=0.1)
