@@ -22,9 +22,10 @@ from services.resources import CoreResources
 from services.schema import MessageError, PurchaseMessage
 from services.settings import Settings
 from services.stockfilter.filter import Settlement
+from services.stockfilter.returns import announce_returned
 from services.store.batch import BatchResult, Lease, apply_batch
 from services.store.db import database_errors
-from services.store.decide import REJECTED, Record
+from services.store.decide import REJECTED, Record, Target
 from services.store.leases import (
     LeaseGrant,
     acquire_lease,
@@ -66,6 +67,7 @@ class ConsumerStats:
     applied: int = 0
     confirmed: int = 0
     rejected: int = 0
+    cancelled: int = 0
     fenced: int = 0
     reconciler_passes: int = 0
     reconciler_failures: int = 0
@@ -442,8 +444,31 @@ class PurchaseConsumer:
         except UnavailableError as exc:
             # The reconciler settles these later from Postgres' final states.
             log.warning("settling %d reservations failed: %s", len(settlements), exc)
+        await self.return_cancelled(result.decisions.applied_cancellations)
         # No Kafka offset commit: the offset lives in Postgres with the orders, and
         # the group coordinator's retries after a broker restart would only stall us.
+
+    async def return_cancelled(self, cancelled: list[Target]) -> None:
+        """Put cancelled purchases' units back on sale. They have no reservation
+        record left, so they go to the purchase's home shard; a missing shard, or
+        Redis failing here, is made good by the reconciler's drift repair."""
+        if not cancelled:
+            return
+        self.stats.cancelled += len(cancelled)
+        stock = self.core.stock
+        try:
+            for target in cancelled:
+                shard = stock.home_shard(target.purchase_id)
+                if not await stock.adjust(target.item_id, shard, target.quantity):
+                    log.warning(
+                        "item %s: shard %d is missing; the repair returns %d unit(s)",
+                        target.item_id,
+                        shard,
+                        target.quantity,
+                    )
+            await announce_returned(self.core.redis, sorted({t.item_id for t in cancelled}))
+        except UnavailableError as exc:
+            log.warning("returning %d cancelled purchase(s) failed: %s", len(cancelled), exc)
 
 
 def _decode(messages: list[KafkaRecord]) -> list[Record]:

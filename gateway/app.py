@@ -19,6 +19,7 @@ from gateway.state import GATEWAY, Gateway
 from services.producer import open_producer
 from services.resources import open_core
 from services.settings import Settings
+from services.stockfilter.returns import returned_units_listener
 from services.store.lookup import PurchaseLookup
 from services.store.notifications import result_listener
 
@@ -41,6 +42,8 @@ def create_app(settings: Settings) -> web.Application:
             stack.push_async_callback(limits.close)
             waiters = await stack.enter_async_context(result_listener(settings.database_url))
             hints = ItemHints(settings.item_cache_s, settings.sold_out_cache_s)
+            # Units a cancellation returned are sold at once, not after the sold-out hint.
+            await stack.enter_async_context(returned_units_listener(core.redis, hints.forget))
             lookup = PurchaseLookup(core.pool)
             stack.push_async_callback(lookup.close)
             app[GATEWAY] = Gateway(

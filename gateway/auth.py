@@ -55,3 +55,11 @@ def require_admin(request: web.Request, admin_token: str, secret: str) -> None:
             401, "invalid_token", "not a valid admin token", {"WWW-Authenticate": "Bearer"}
         ) from exc
     raise ApiError(403, "forbidden", "this route needs the admin token")
+
+
+def require_user_or_admin(request: web.Request, admin_token: str, secret: str) -> str | None:
+    """The caller's user id, or None for the admin token; 401 for anything else."""
+    token = _bearer(request)
+    if admin_token and _same_secret(token, admin_token):
+        return None
+    return require_user(request, secret)

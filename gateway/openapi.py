@@ -105,7 +105,7 @@ SCHEMAS: dict[str, Any] = {
             "purchase_id": {"type": "string"},
             "item_id": {"type": "string"},
             "quantity": {"type": "integer"},
-            "status": {"type": "string", "enum": ["pending", "confirmed", "rejected"]},
+            "status": {"type": "string", "enum": ["pending", "confirmed", "rejected", "cancelled"]},
             "reason": {"type": ["string", "null"]},
             "pay_by": {"type": ["string", "null"], "format": "date-time"},
         },
@@ -192,6 +192,24 @@ PATHS: dict[str, Any] = {
                 },
             ],
             "responses": {"200": _json("Purchase", "the purchase"), **_errors(400, 401, 404, 503)},
+        },
+    },
+    "/v1/purchases/{purchase_id}/cancel": {
+        "post": {
+            "summary": "Cancel a confirmed purchase (owner or admin); its units go back on sale",
+            "security": [{"user": []}, {"admin": []}],
+            "parameters": [
+                {
+                    "name": "purchase_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {
+                "200": _json("Purchase", "the purchase, now cancelled"),
+                **_errors(401, 404, 409, 429, 503),
+            },
         },
     },
     "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},

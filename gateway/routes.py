@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from gateway.auth import require_admin, require_user
+from gateway.auth import require_admin, require_user, require_user_or_admin
 from gateway.dashboard import dashboard_page
 from gateway.errors import ApiError
 from gateway.state import GATEWAY, Gateway
@@ -23,6 +23,8 @@ from gateway.validation import (
 )
 from services.errors import ItemNotFoundError
 from services.reconciler import apply_item_write
+from services.schema import PurchaseMessage
+from services.store.decide import CANCELLED, CONFIRMED
 from services.store.items import get_item, write_item
 from services.store.notifications import TooManyWaitsError
 from services.store.purchases import PurchaseRow, get_purchase
@@ -30,6 +32,8 @@ from services.store.purchases import PurchaseRow, get_purchase
 PENDING = "pending"
 # Re-check Postgres this often while waiting with no live notification listener.
 WAIT_RECHECK_S = 1.0
+# How long a cancel waits for the item's partition owner to apply it.
+CANCEL_WAIT_S = 10.0
 
 
 async def put_item(request: web.Request) -> web.Response:
@@ -138,6 +142,62 @@ async def get_purchase_handler(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
+async def cancel_purchase(request: web.Request) -> web.Response:
+    """Cancel through the item's partition (design.md): produce a cancel message,
+    then wait for its owner to apply it. Every retry is safe: a cancel applies once."""
+    gw = request.app[GATEWAY]
+    caller = require_user_or_admin(request, gw.settings.admin_token, gw.settings.secret)
+    purchase_id = path_purchase_id(request)
+    not_found = ApiError(404, "purchase_not_found", "no such purchase")
+    if purchase_id is None:
+        raise not_found
+    row = await get_purchase(gw.core.pool, purchase_id)
+    if row is None:
+        pending = await gw.core.idempotency.get(purchase_id)
+        if pending is None or caller not in (None, pending.user_id):
+            raise not_found
+        raise ApiError(
+            409, "not_final", "the purchase is still pending; retry", {"Retry-After": "1"}
+        )
+    if caller not in (None, row.user_id):
+        raise not_found
+    if row.status == CONFIRMED:
+        row = await _cancel_and_wait(gw, row)
+    if row.status != CANCELLED:
+        raise ApiError(409, "not_cancellable", f"a {row.status} purchase cannot be cancelled")
+    return web.json_response(_purchase_json(row))
+
+
+async def _cancel_and_wait(gw: Gateway, row: PurchaseRow) -> PurchaseRow:
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    message = PurchaseMessage.cancel(
+        row.purchase_id, row.user_id, row.item_id, row.quantity, int(time.time() * 1000)
+    )
+    try:
+        # Watch before producing: the notification may come before the produce returns.
+        with gw.waiters.watch(row.purchase_id, row.user_id) as woken:
+            await gw.producer.publish(message)
+            while row.status == CONFIRMED:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ApiError(
+                        503,
+                        "unavailable",
+                        "the cancellation is queued but not applied yet; retry",
+                        {"Retry-After": "1"},
+                    )
+                nap = left if gw.waiters.listening else min(left, WAIT_RECHECK_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout=nap)
+                woken.clear()
+                row = await get_purchase(gw.core.pool, row.purchase_id) or row
+    except TooManyWaitsError as exc:
+        raise ApiError(
+            429, "rate_limited", f"too many waits at once: {exc}", {"Retry-After": "1"}
+        ) from exc
+    return row
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -174,6 +234,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/items/{item_id}", get_item_handler)
     app.router.add_post("/v1/purchases", post_purchase)
     app.router.add_get("/v1/purchases/{purchase_id}", get_purchase_handler)
+    app.router.add_post("/v1/purchases/{purchase_id}/cancel", cancel_purchase)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from services.errors import FlashsaleError
 
 PURCHASE_ID_BYTES = 16
+# What a record on the purchases topic asks for: a new purchase, or to cancel one.
+PURCHASE = "purchase"
+CANCEL = "cancel"
+KINDS = (PURCHASE, CANCEL)
+# A cancel message takes no units from a shard: it has no reservation record.
+NO_SHARD = -1
 
 
 class MessageError(FlashsaleError):
@@ -33,26 +39,43 @@ class PurchaseMessage:
     # Which stock shard gave the unit(s), so a rejection returns them to the same place.
     shard: int
     admitted_at_ms: int
+    kind: str = PURCHASE
+
+    @classmethod
+    def cancel(
+        cls, purchase_id: str, user_id: str, item_id: str, quantity: int, at_ms: int
+    ) -> PurchaseMessage:
+        """Asks the item's partition owner to cancel a purchase: keyed by item id like
+        the purchases, so it is decided in log order with them."""
+        return cls(purchase_id, user_id, "", item_id, quantity, NO_SHARD, at_ms, CANCEL)
+
+    @property
+    def is_cancel(self) -> bool:
+        return self.kind == CANCEL
 
     def encode(self) -> bytes:
         # A literal dict: dataclasses.asdict was a visible share of the admission path.
-        return json.dumps(
-            {
-                "purchase_id": self.purchase_id,
-                "user_id": self.user_id,
-                "idempotency_key": self.idempotency_key,
-                "item_id": self.item_id,
-                "quantity": self.quantity,
-                "shard": self.shard,
-                "admitted_at_ms": self.admitted_at_ms,
-            },
-            separators=(",", ":"),
-        ).encode()
+        fields: dict[str, object] = {
+            "purchase_id": self.purchase_id,
+            "user_id": self.user_id,
+            "idempotency_key": self.idempotency_key,
+            "item_id": self.item_id,
+            "quantity": self.quantity,
+            "shard": self.shard,
+            "admitted_at_ms": self.admitted_at_ms,
+        }
+        # Purchases keep the bytes they always had; messages without "kind" are purchases.
+        if self.kind != PURCHASE:
+            fields["kind"] = self.kind
+        return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> PurchaseMessage:
         try:
             data = json.loads(raw)
+            kind = str(data.get("kind", PURCHASE))
+            if kind not in KINDS:
+                raise ValueError(f"unknown kind {kind!r}")
             return cls(
                 purchase_id=str(data["purchase_id"]),
                 user_id=str(data["user_id"]),
@@ -61,6 +84,7 @@ class PurchaseMessage:
                 quantity=int(data["quantity"]),
                 shard=int(data["shard"]),
                 admitted_at_ms=int(data["admitted_at_ms"]),
+                kind=kind,
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise MessageError(f"undecodable purchase message: {raw[:200]!r}") from exc

@@ -38,3 +38,8 @@ def swept_key() -> str:
 
 def sweeping_key() -> str:
     return f"{PREFIX}:{{active}}:sweeping"
+
+
+def returns_channel() -> str:
+    """Pub/sub channel: item ids whose units came back on sale (cancellations)."""
+    return f"{PREFIX}:returned"

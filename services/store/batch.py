@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from services.errors import FencedError
 from services.store.db import Connection, database_errors
-from services.store.decide import BatchDecisions, ItemState, Record, decide
+from services.store.decide import CANCELLED, BatchDecisions, ItemState, Record, Target, decide
 from services.store.purchases import RESULTS_CHANNEL, notify_payloads
 from services.store.queries import query
 
@@ -53,7 +53,7 @@ async def apply_batch(conn: Connection, lease: Lease, records: list[Record]) -> 
             next_offset,
             last.message.purchase_id,
         )
-        for payload in notify_payloads([d.record.message.purchase_id for d in decisions.new]):
+        for payload in notify_payloads(decisions.notified_ids):
             await conn.execute(query("notify_results"), RESULTS_CHANNEL, payload)
     return BatchResult(decisions, next_offset, len(records) - len(fresh))
 
@@ -66,17 +66,35 @@ async def _decide(conn: Connection, records: list[Record]) -> BatchDecisions:
         row["item_id"]: ItemState(row["stock"], row["sold"], row["per_user_limit"])
         for row in item_rows
     }
-    requests = sorted({(m.user_id, m.idempotency_key) for m in messages})
+    # A cancel is no request of its own: (user, idempotency key) names purchases only.
+    purchases = [m for m in messages if not m.is_cancel]
+    requests = sorted({(m.user_id, m.idempotency_key) for m in purchases})
     known_rows = await conn.fetch(
         query("known_requests"), [r[0] for r in requests], [r[1] for r in requests]
     )
     known = {(row["user_id"], row["idempotency_key"]): row["status"] for row in known_rows}
-    pairs = sorted({(m.user_id, m.item_id) for m in messages})
+    targets = await _cancel_targets(conn, [m.purchase_id for m in messages if m.is_cancel])
+    pairs = sorted(
+        {(m.user_id, m.item_id) for m in purchases}
+        | {(t.user_id, t.item_id) for t in targets.values()}
+    )
     held_rows = await conn.fetch(
         query("confirmed_totals"), [p[0] for p in pairs], [p[1] for p in pairs]
     )
     held = {(row["user_id"], row["item_id"]): row["units"] for row in held_rows}
-    return decide(records, items, known, held)
+    return decide(records, items, known, held, targets)
+
+
+async def _cancel_targets(conn: Connection, purchase_ids: list[str]) -> dict[str, Target]:
+    if not purchase_ids:
+        return {}
+    rows = await conn.fetch(query("get_purchases"), sorted(set(purchase_ids)))
+    return {
+        row["purchase_id"]: Target(
+            row["purchase_id"], row["user_id"], row["item_id"], row["quantity"], row["status"]
+        )
+        for row in rows
+    }
 
 
 async def _write(
@@ -84,11 +102,16 @@ async def _write(
 ) -> None:
     """Insert final states; sold grows in the same statement by the confirmed rows
     actually inserted. The CHECK (sold <= stock) is the last word: no bug above
-    can oversell."""
+    can oversell. Cancellations go first: the units they free may be sold below."""
+    cancelled = decisions.cancelled_in_db
+    if cancelled:
+        await conn.execute(query("cancel_purchases"), [t.purchase_id for t in cancelled])
     new = decisions.new
     if not new:
         return
     msgs = [d.record.message for d in new]
+    cancelled_here = decisions.cancelled_in_batch
+    pairs = list(zip(new, msgs, strict=True))
     await conn.execute(
         query("insert_purchases"),
         [m.purchase_id for m in msgs],
@@ -96,7 +119,7 @@ async def _write(
         [m.idempotency_key for m in msgs],
         [m.item_id for m in msgs],
         [m.quantity for m in msgs],
-        [d.status for d in new],
+        [CANCELLED if m.purchase_id in cancelled_here else d.status for d, m in pairs],
         [d.reason for d in new],
         [d.record.offset for d in new],
         [m.admitted_at_ms for m in msgs],

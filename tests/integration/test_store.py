@@ -99,3 +99,38 @@ async def test_stock_cannot_drop_below_sold(core: CoreResources) -> None:
         await upsert_item(core.pool, item_id, 2, 1)
     item, created = await upsert_item(core.pool, item_id, 3, 1)
     assert not created and item.remaining == 0
+
+
+def cancel_of(purchase: Record, offset: int) -> Record:
+    m = purchase.message
+    return Record(offset, PurchaseMessage.cancel(m.purchase_id, m.user_id, m.item_id, 1, 0))
+
+
+async def test_a_cancel_returns_units_once_even_when_redelivered(core: CoreResources) -> None:
+    item_id = fresh_id()
+    await upsert_item(core.pool, item_id, 1, 1)
+    _, lease = await fresh_lease(core)
+    first, second = records(item_id, 2, 0)
+    async with core.pool.acquire() as conn:
+        await apply_batch(conn, lease, [first])
+        # The cancel's unit is sold to the purchase after it, in the same batch.
+        batch = [cancel_of(first, 1), Record(2, second.message)]
+        result = await apply_batch(conn, lease, batch)
+        assert [d.status for d in result.decisions.new] == ["confirmed"]
+        assert (await apply_batch(conn, lease, batch)).skipped == 2
+        # A copy of the cancel later in the log finds the purchase cancelled already.
+        again = await apply_batch(conn, lease, [cancel_of(first, 3)])
+        assert again.decisions.applied_cancellations == []
+    assert (await get_item(core.pool, item_id)).sold == 1
+    assert await item_counts(core.pool, item_id) == {"cancelled": (1, 1), "confirmed": (1, 1)}
+
+
+async def test_a_purchase_cancelled_in_its_own_batch_is_never_sold(core: CoreResources) -> None:
+    item_id = fresh_id()
+    await upsert_item(core.pool, item_id, 1, 1)
+    _, lease = await fresh_lease(core)
+    (purchase,) = records(item_id, 1, 0)
+    async with core.pool.acquire() as conn:
+        await apply_batch(conn, lease, [purchase, cancel_of(purchase, 1)])
+    assert (await get_item(core.pool, item_id)).sold == 0
+    assert await item_counts(core.pool, item_id) == {"cancelled": (1, 1)}

@@ -21,6 +21,23 @@ FROM purchases AS p
 JOIN unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
   ON p.user_id = k.user_id AND p.idempotency_key = k.idempotency_key;
 
+-- name: cancel_purchases
+-- Sold shrinks by exactly the rows that were still confirmed, in the same
+-- statement: a cancel applied twice changes nothing the second time. Run before
+-- insert_purchases, so units freed here can be sold later in the same batch
+-- without sold ever passing stock.
+WITH cancelled AS (
+UPDATE purchases SET status = 'cancelled'
+WHERE purchase_id = ANY($1::text[]) AND status = 'confirmed'
+RETURNING item_id, quantity
+)
+UPDATE items SET sold = items.sold - d.units, updated_at = now()
+FROM (
+    SELECT item_id, sum(quantity)::integer AS units FROM cancelled GROUP BY item_id
+) AS d
+WHERE items.item_id = d.item_id
+RETURNING items.item_id, d.units;
+
 -- name: insert_purchases
 -- Sold grows by exactly the confirmed rows that were inserted, in the same
 -- statement: a row skipped by a conflict can never count as sold.
