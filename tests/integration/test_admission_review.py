@@ -43,7 +43,13 @@ class Crash(Exception):
 
 @pytest.fixture
 async def admission(settings: Settings, core: CoreResources) -> AsyncIterator[Admission]:
-    relaxed = settings.replace(user_rate="1000/second", reservation_stale_s=0.0)
+    # A topic no consumer reads: what these tests publish must not be applied later,
+    # in the middle of another test's snapshot of Postgres.
+    relaxed = settings.replace(
+        user_rate="1000/second",
+        reservation_stale_s=0.0,
+        topic=f"admission-review-{secrets.token_hex(3)}",
+    )
     limits = open_rate_limits(relaxed)
     lookup = PurchaseLookup(core.pool)
     try:
