@@ -6,6 +6,7 @@ callers run them in a thread.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from infra.embedded.proc import kill_pid, pid_alive, terminate_pid
 from infra.processes import start_gateway
 from infra.stack import EmbeddedStack
-from services.errors import ServiceStartError
+from services.errors import ServiceStartError, UnavailableError
+from services.topics import ensure_topic
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,20 @@ class FaultInjector:
             )
 
     def restart_broker(self) -> None:
-        """Memory storage: every topic, message, group and offset is gone."""
+        """Memory storage: every topic, message, group and offset is gone.
+
+        The topic is created again at once, as an operator whose broker lost its
+        data would: left to the first client's metadata request, the embedded
+        broker creates it with its own default partition count and then still
+        acknowledges sends to the partitions it lacks, which nobody can read
+        (docs/faults.md, "What is not guaranteed").
+        """
         self.stack.broker.restart()
+        settings = self.stack.settings
+        try:
+            asyncio.run(ensure_topic(settings.kafka_bootstrap, settings.topic, settings.partitions))
+        except UnavailableError as exc:
+            log.warning("could not create the topic again after the broker restart: %s", exc)
 
     def restart_redis(self) -> None:
         """Kill -9 and start empty on the same port(s)."""
