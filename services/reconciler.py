@@ -237,10 +237,6 @@ class Reconciler:
                 await self.core.activity.mark(view.item.item_id, force=True)
         self._sweep_after = item_ids[-1]
 
-    async def reconcile_item(self, item_id: str) -> ReconcileReport:
-        views = await read_views(self.core, [item_id])
-        return await self.reconcile(views[0]) if views else ReconcileReport()
-
     async def reconcile(self, view: FilterView) -> ReconcileReport:
         report = ReconcileReport(visited=1)
         item = view.item
