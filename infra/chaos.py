@@ -27,12 +27,14 @@ from loadtests.checker import CheckReport, check, final_deadline
 from loadtests.history import HistoryWriter
 from loadtests.pgsnapshot import await_finals, read_snapshot
 from loadtests.sale import SaleTarget
+from loadtests.stall import write_stall_report
 from loadtests.workload import BUYERS_PER_S, ITEMS, WorkloadConfig, run_workload
 from services.settings import Settings
 
 CONSUMERS = 3
 GATEWAYS = 2
 HISTORY_FILE = "history.jsonl"
+STALL_FILE = "stalls.txt"
 # Data folders dropped after the run; the history and the logs stay.
 DATA_FOLDERS = ("postgres", "redis", "kafka")
 
@@ -116,7 +118,9 @@ async def _sale(
     deadline = max(
         (final_deadline(at, writer.history.faults) for at in accepted.values()), default=0.0
     )
-    await await_finals(stack.settings.database_url, set(accepted), deadline)
+    missing = await await_finals(stack.settings.database_url, set(accepted), deadline)
+    if missing:
+        await _report_stall(stack, writer, missing, console)
     snapshot = await read_snapshot(stack.settings.database_url)
     return check(writer.history, snapshot)
 
@@ -142,6 +146,24 @@ async def _heal(stack: EmbeddedStack, writer: HistoryWriter, console: Console) -
         return
     if missing:
         console.print(f"[red]{len(missing)} purchases still not final before the next fault[/red]")
+        await _report_stall(stack, writer, missing, console)
+
+
+async def _report_stall(
+    stack: EmbeddedStack, writer: HistoryWriter, missing: set[str], console: Console
+) -> None:
+    settings = stack.settings
+    path = writer.path.parent / STALL_FILE
+    await write_stall_report(
+        path,
+        writer.history,
+        missing,
+        database_url=settings.database_url,
+        bootstrap=settings.kafka_bootstrap,
+        topic=settings.topic,
+        partitions=settings.partitions,
+    )
+    console.print(f"[red]stall report: {path}[/red]")
 
 
 def _print_schedule(console: Console, options: ChaosOptions, events: Sequence[FaultEvent]) -> None:
