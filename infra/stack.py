@@ -14,6 +14,7 @@ from infra.embedded.broker import EmbeddedBroker
 from infra.embedded.postgres import EmbeddedPostgres
 from infra.embedded.proc import free_port, pid_alive, port_is_free, terminate_pid
 from infra.embedded.redis import EmbeddedRedis
+from infra.netlab import NetLab
 from infra.processes import alive, start_consumer, start_gateway
 from infra.stackfile import StackFile, StackPids
 from infra.statesecrets import stack_secrets
@@ -40,6 +41,8 @@ class EmbeddedStack:
     state_dir: Path
     settings: Settings
     redis_cluster: bool = False
+    # With a network lab (chaos' partition faults), each consumer gets a namespace.
+    netlab: NetLab | None = None
     postgres: EmbeddedPostgres = field(init=False)
     redis: EmbeddedRedis = field(init=False)
     broker: EmbeddedBroker = field(init=False)
@@ -50,11 +53,20 @@ class EmbeddedStack:
         self.state_dir = self.state_dir.resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o755)
+        lab = self.netlab
         self.postgres = EmbeddedPostgres(
-            self.state_dir / "postgres", fsync=self.settings.postgres_fsync
+            self.state_dir / "postgres",
+            fsync=self.settings.postgres_fsync,
+            extra_address=lab.address("postgres") if lab else None,
         )
-        self.redis = EmbeddedRedis(self.state_dir / "redis", cluster=self.redis_cluster)
+        self.redis = EmbeddedRedis(
+            self.state_dir / "redis",
+            cluster=self.redis_cluster,
+            extra_address=lab.address("redis") if lab else None,
+        )
         self.broker = EmbeddedBroker(self.state_dir / "kafka")
+        if lab:
+            self.broker.host = lab.address("broker")
 
     @property
     def log_dir(self) -> Path:
@@ -99,9 +111,24 @@ class EmbeddedStack:
 
     def add_consumer(self, name: str, failpoint: str = "") -> int:
         """Start one more consumer; `failpoint` (tests only) makes it die at that step."""
-        pid = start_consumer(self.settings.replace(failpoint=failpoint), self.log_dir, name)
+        settings = self.settings.replace(failpoint=failpoint)
+        prefix: list[str] = []
+        if self.netlab is not None:
+            prefix = self.netlab.exec_prefix(self.netlab.namespace_for(name))
+            settings = self._as_guest(settings, self.netlab)
+        pid = start_consumer(settings, self.log_dir, name, prefix)
         self.consumer_pids[name] = pid
         return pid
+
+    @staticmethod
+    def _as_guest(settings: Settings, lab: NetLab) -> Settings:
+        """Loopback inside a namespace is its own: reach the services on the bridge."""
+        return settings.replace(
+            database_url=settings.database_url.replace(
+                "@127.0.0.1:", f"@{lab.address('postgres')}:"
+            ),
+            redis_url=settings.redis_url.replace("//127.0.0.1:", f"//{lab.address('redis')}:"),
+        )
 
     def stack_file(self) -> StackFile:
         return StackFile(

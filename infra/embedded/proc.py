@@ -44,9 +44,9 @@ def require_free_port(port: int, what: str) -> None:
         raise ServiceStartError(f"{what}: port {port} on 127.0.0.1 is busy")
 
 
-def port_answers(port: int) -> bool:
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
