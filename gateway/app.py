@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> web.Application:
         async with contextlib.AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(settings))
             producer = await stack.enter_async_context(open_producer(settings))
-            limits = open_rate_limits(settings)
+            limits = open_rate_limits(settings, shared=(core.redis, core.pipe))
             stack.push_async_callback(limits.close)
             waiters = await stack.enter_async_context(result_listener(settings.database_url))
             hints = ItemHints(settings.item_cache_s, settings.sold_out_cache_s)

@@ -113,3 +113,26 @@ async def test_auto_pipeline_gives_each_caller_its_own_answer(redis_server: Embe
         assert isinstance(results[50], ResponseError)
     finally:
         await close_redis(client)
+
+
+async def test_auto_pipeline_loads_scripts_redis_forgot(redis_server: EmbeddedRedis) -> None:
+    """Scripts go as bare EVALSHA (no SCRIPT EXISTS round trip per flush); after
+    Redis forgot them, the callers that met NOSCRIPT are sent again, once loaded."""
+    client = open_redis(redis_server.url, cluster=False)
+    try:
+        key = fresh_id("scripted")
+        echo = client.register_script("return ARGV[1] .. redis.call('INCR', KEYS[1])")
+        pipe = AutoPipeline(client)
+        await client.script_flush()
+        first = await asyncio.gather(*(pipe.script(echo, [key], [f"a{n}-"]) for n in range(20)))
+        await client.script_flush()
+        second = await asyncio.gather(
+            pipe.script(echo, [key], ["b-"]), pipe.get(key), return_exceptions=True
+        )
+        # Each script ran exactly once: the INCR count has no gaps and no repeats.
+        counts = sorted(int(r.decode().split("-")[1]) for r in first)
+        assert counts == list(range(1, 21))
+        assert second[0] == b"b-21"
+        assert int(second[1]) in (20, 21)  # type: ignore[arg-type]
+    finally:
+        await close_redis(client)
