@@ -41,7 +41,10 @@ def compose_command() -> list[str] | None:
     docker = shutil.which("docker")
     if docker is not None:
         probe = subprocess.run(
-            [docker, "compose", "version"], capture_output=True, timeout=COMMAND_TIMEOUT_S
+            [docker, "compose", "version"],
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT_S,
+            check=False,
         )
         if probe.returncode == 0:
             return [docker, "compose"]
