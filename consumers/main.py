@@ -30,6 +30,7 @@ from services.schema import PurchaseMessage
 from services.settings import Settings
 from services.store.leases import ensure_leases
 from services.topics import ensure_topic
+from services.tracing import NO_TRACING, Tracing, tracing_from_env
 
 log = logging.getLogger("flashsale.consumer")
 
@@ -167,7 +168,7 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, tracing: Tracing = NO_TRACING) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -178,7 +179,7 @@ async def serve(settings: Settings) -> None:
         open_core(settings, run_migrations=True, server_settings=CONSUMER_SESSION_SETTINGS) as core,
     ):
         await prepare(settings, core)
-        worker = PurchaseConsumer(settings, core, build_kafka_consumer(settings), metrics)
+        worker = PurchaseConsumer(settings, core, build_kafka_consumer(settings), metrics, tracing)
         reconciler = asyncio.create_task(
             reconcile_forever(settings, core, stop, worker.stats, worker.owns_item, metrics)
         )
@@ -217,10 +218,13 @@ async def consume_until_stuck(
 
 def main() -> None:
     settings = Settings.from_env()
+    tracing = tracing_from_env("flashsale-consumer")
     setup_logging(settings.log_level)
     try:
         import uvloop  # noqa: PLC0415
 
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, tracing))
     except KeyboardInterrupt:
         pass
+    finally:
+        tracing.shutdown()

@@ -17,6 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from consumers.logcheck import LogVerdict, RecordAt, judge_log, records_at
 from consumers.metrics import ConsumerMetrics
+from consumers.tracing import TracedRecord, trace_batch
 from services.errors import FencedError, FlashsaleError, UnavailableError
 from services.failpoints import failpoint
 from services.resources import CoreResources
@@ -33,6 +34,7 @@ from services.store.leases import (
     acquire_quiet_lease,
     start_log_generation,
 )
+from services.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,10 @@ class PurchaseConsumer:
         core: CoreResources,
         kafka: AIOKafkaConsumer,
         metrics: ConsumerMetrics | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.core = core
         self.kafka = kafka
         self.name = consumer_name(settings)
@@ -407,6 +411,7 @@ class PurchaseConsumer:
         records = _decode(messages)
         failpoint(self.settings.failpoint, "consumer.before_apply")
         started = time.perf_counter()
+        started_ns = time.time_ns() if self.tracing.enabled else 0
         try:
             async with database_errors(), self.core.pool.acquire() as conn:
                 lease = Lease(tp.topic, tp.partition, epoch, self.name)
@@ -424,9 +429,42 @@ class PurchaseConsumer:
         self.metrics.batch_records.observe(len(messages))
         if tp in self.next_offsets:
             self.next_offsets[tp] = int(messages[-1].offset) + 1
+        if self.tracing.enabled:
+            self._trace(tp, epoch, started_ns, messages, result)
         failpoint(self.settings.failpoint, "consumer.after_commit")
         await self.after_commit(tp, result)
         failpoint(self.settings.failpoint, "consumer.after_settle")
+
+    def _trace(
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        started_ns: int,
+        messages: list[KafkaRecord],
+        result: BatchResult,
+    ) -> None:
+        decided = {d.record.offset: d for d in result.decisions.decisions}
+        notified = set(result.decisions.notified_ids)
+        traced = []
+        for message in messages:
+            offset = int(message.offset)
+            decision = decided.get(offset)
+            if decision is None:
+                traced.append(TracedRecord(offset, message.headers))
+                continue
+            purchase = decision.record.message
+            traced.append(
+                TracedRecord(
+                    offset,
+                    message.headers,
+                    purchase.purchase_id,
+                    purchase.item_id,
+                    decision.status,
+                    decision.duplicate,
+                    purchase.purchase_id in notified,
+                )
+            )
+        trace_batch(self.tracing, tp.topic, tp.partition, epoch, started_ns, traced)
 
     def _fenced(self, tp: TopicPartition, epoch: int, first_offset: int, exc: FencedError) -> None:
         if self.leases.epochs.get(tp.partition) != epoch:
