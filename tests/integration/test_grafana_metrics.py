@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.embedded.proc import free_port, terminate_pid
@@ -25,7 +26,12 @@ from services.settings import Settings
 from services.tokens import issue_token
 from tests.conftest import fresh_id, wait_for
 
-DASHBOARD = Path(__file__).parents[2] / "infra" / "deploy" / "grafana" / "dashboards"
+DEPLOY = Path(__file__).parents[2] / "infra" / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards"
+DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources"
+SCALED_OBJECT = DEPLOY / "k8s" / "consumer-scaledobject.yaml"
+# Labels Prometheus adds at scrape time (prometheus-kubernetes.yml), not the exporters.
+SCRAPE_LABELS = re.compile(r'\s*,?\s*namespace\s*=\s*"[^"]*"')
 SELECTOR = re.compile(r"\b(flashsale_[A-Za-z0-9_:]*)\s*(\{[^}]*\})?")
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
@@ -45,6 +51,29 @@ def dashboard_exprs() -> list[str]:
         for panel in json.loads(path.read_text())["panels"]:
             exprs += [target["expr"] for target in panel.get("targets", [])]
     return exprs
+
+
+def autoscaler_exprs() -> list[str]:
+    """The KEDA trigger's queries, less the labels the scrape adds."""
+    scaled = yaml.safe_load(SCALED_OBJECT.read_text())
+    queries = [t["metadata"]["query"] for t in scaled["spec"]["triggers"]]
+    return [SCRAPE_LABELS.sub("", query).replace("{}", "") for query in queries]
+
+
+def test_the_dashboard_uses_the_provisioned_datasource() -> None:
+    provisioned = {
+        source["uid"]
+        for path in DATASOURCES.glob("*.yaml")
+        for source in yaml.safe_load(path.read_text())["datasources"]
+    }
+    used = {
+        target["datasource"]["uid"]
+        for path in DASHBOARD.glob("*.json")
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel.get("targets", [])
+    }
+    assert used and used <= provisioned
+    assert autoscaler_exprs() == ["sum(max by (partition) (flashsale_partition_lag))"]
 
 
 def parse_scrape(text: str) -> list[Sample]:
@@ -153,5 +182,7 @@ async def test_every_dashboard_series_is_exported(own_stack: tuple[Settings, int
             return samples if wanted <= names and sold else None
 
         samples = await wait_for(applied, timeout_s=60, interval_s=0.5)
-    problems = {expr: missing_series(expr, samples) for expr in dashboard_exprs()}
+    problems = {
+        expr: missing_series(expr, samples) for expr in dashboard_exprs() + autoscaler_exprs()
+    }
     assert {expr: p for expr, p in problems.items() if p} == {}
