@@ -18,6 +18,7 @@ from services.producer import PurchaseProducer
 from services.resources import CoreResources
 from services.settings import Settings
 from services.store.notifications import ResultWaiters
+from services.tracing import NO_TRACING, Tracing
 
 READY_CHECK_TIMEOUT_S = 2.0
 
@@ -33,6 +34,7 @@ class Gateway:
     waiters: ResultWaiters
     admission: Admission
     dashboard: Dashboard
+    tracing: Tracing = NO_TRACING
 
     async def readiness(self) -> dict[str, bool]:
         names = ("postgres", "redis", "kafka")
