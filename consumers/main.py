@@ -143,7 +143,9 @@ async def _reconcile_passes(
         report = await reconciler.run_once()
         stats.reconciler_passes += 1
         if report:
-            log.info("reconciled: %s", report)
+            log.info("reconciled: %s", report.summary())
+            if report.rebuilt:
+                log.debug("rebuilt filters: %s", report.rebuilt_ids())
         await _wait(stop, settings.reconcile_interval_s)
 
 

@@ -149,3 +149,26 @@ def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subp
             env=env,
             start_new_session=True,
         )
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells this process from a later one given the same pid: boot, start time, command.
+
+    None when the process is gone. `/proc/PID/stat` field 22 is the start time in
+    clock ticks since boot; the boot id makes it unique across reboots.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces: split after its last ")".
+    start_ticks = stat.rsplit(")", 1)[1].split()[19]
+    command = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return f"{boot_id}:{start_ticks}:{command}"
+
+
+def same_process(pid: int, identity: str | None) -> bool:
+    """Whether `pid` is still the process whose identity was recorded (and alive)."""
+    return identity is not None and pid_alive(pid) and process_identity(pid) == identity
