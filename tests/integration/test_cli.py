@@ -100,8 +100,12 @@ def test_up_detach_then_down_leaves_nothing_running(state_root: Path) -> None:
     assert not (state_dir / "stack.json").exists()
     assert (state_dir / "postgres" / "pgdata" / "PG_VERSION").exists()  # data stays on disk
 
-    # The same state folder with fewer partitions: lease rows 2-3 keep owners
-    # that no longer exist, and must not hold up the start.
+    _up_again_with_fewer_partitions(state_dir)
+
+
+def _up_again_with_fewer_partitions(state_dir: Path) -> None:
+    """The same state folder with fewer partitions: lease rows 2-3 keep owners
+    that no longer exist, and must not hold up the start."""
     fewer = run(
         "up", "--detach", "--consumers", "1", "--port", "0", state_dir=state_dir, partitions=2
     )
