@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from infra.embedded.proc import process_identity, same_process, terminate_pid
+from infra.embedded.proc import process_identity, terminate_pid
 from infra.processes import start_consumer
 from infra.stack import topic_partitions, wait_for_consumers
 from infra.stackfile import StackFile, stack_lock
@@ -43,7 +43,7 @@ def _scale(
     running = [
         (name, pid)
         for name, pid in zip(stack.consumer_names, stack.pids.consumers, strict=True)
-        if same_process(pid, stack.identity(pid))
+        if stack.is_ours(pid)
     ]
     started = time.monotonic()
     while len(running) > count:

@@ -17,7 +17,6 @@ from infra.embedded.proc import (
     free_port,
     port_is_free,
     process_identity,
-    same_process,
     terminate_pid,
 )
 from infra.embedded.redis import EmbeddedRedis
@@ -218,17 +217,17 @@ def stop_from_file(state_dir: Path, stack: StackFile, progress: Progress = _quie
     EmbeddedPostgres(state_dir / "postgres", port=stack.postgres_port).stop()
     if stack.supervisor_pid:
         _terminate_ours(stack, stack.supervisor_pid, progress)
-    return [pid for pid in stack.pids.all() if same_process(pid, stack.identity(pid))]
+    return [pid for pid in stack.pids.all() if stack.is_ours(pid)]
 
 
 def _terminate_ours(
     stack: StackFile, pid: int, progress: Progress, grace_s: float = STOP_GRACE_S
 ) -> None:
-    if same_process(pid, stack.identity(pid)):
+    if stack.is_ours(pid):
         terminate_pid(pid, grace_s=grace_s)
     elif process_identity(pid) is not None:
         progress(f"pid {pid} is no longer the process the stack started: left alone")
 
 
 def stack_is_running(stack: StackFile) -> bool:
-    return any(same_process(pid, stack.identity(pid)) for pid in stack.pids.all())
+    return any(stack.is_ours(pid) for pid in stack.pids.all())

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from infra.embedded.proc import process_identity
+from infra.embedded.proc import pid_alive, process_identity, same_process
 from services.errors import FlashsaleError, StackNotRunningError
 from services.settings import Settings
 
@@ -60,6 +60,13 @@ class StackFile:
 
     def identity(self, pid: int) -> str | None:
         return self.identities.get(str(pid))
+
+    def is_ours(self, pid: int) -> bool:
+        """Whether `pid` is still the process this stack started (safe to signal)."""
+        if not self.identities:
+            # A stack.json from before identities were recorded: only liveness is known.
+            return pid_alive(pid)
+        return same_process(pid, self.identity(pid))
 
     def record_supervisor(self, pid: int) -> None:
         """The foreground `up` that `down` stops too."""

@@ -15,7 +15,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from infra.embedded.proc import same_process
 from infra.stackfile import StackFile
 from services.errors import UnavailableError
 from services.settings import Settings
@@ -94,7 +93,7 @@ def render(stack: StackFile, snap: Snapshot) -> RenderableType:
         )
     procs = Table("consumer", "pid", "alive", title="consumers")
     for name, pid in zip(stack.consumer_names, stack.pids.consumers, strict=False):
-        procs.add_row(name, str(pid), "yes" if same_process(pid, stack.identity(pid)) else "no")
+        procs.add_row(name, str(pid), "yes" if stack.is_ours(pid) else "no")
     footer = Text(
         f"throughput: {snap.applied / THROUGHPUT_WINDOW_S:.1f} purchases/s applied "
         f"(last {THROUGHPUT_WINDOW_S}s); total lag {total_lag}"
