@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import asyncpg
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from infra.stackfile import StackFile
@@ -74,8 +74,8 @@ def render(stack: StackFile, snap: Snapshot) -> RenderableType:
         style="dim",
     )
     parts = Table(
-        "partition", "owner", "epoch", "next offset", "end offset", "lag", "log gen",
-        title="partitions",
+        "partition", Column("owner", no_wrap=True), "epoch", "next", "end", "lag", "log gen",
+        title="partitions (offsets: next to apply, end of the log)",
     )  # fmt: skip
     total_lag = 0
     for lease in snap.leases:
@@ -91,7 +91,7 @@ def render(stack: StackFile, snap: Snapshot) -> RenderableType:
             "?" if lag is None else str(lag),
             str(lease.log_generation),
         )
-    procs = Table("consumer", "pid", "alive", title="consumers")
+    procs = Table(Column("consumer", no_wrap=True), "pid", "alive", title="consumers")
     for name, pid in zip(stack.consumer_names, stack.pids.consumers, strict=False):
         procs.add_row(name, str(pid), "yes" if stack.is_ours(pid) else "no")
     footer = Text(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from infra.embedded.proc import pid_alive, process_identity
@@ -113,8 +114,33 @@ def _up_again_with_fewer_partitions(state_dir: Path) -> None:
         assert fewer.returncode == 0, fewer.stderr
         status = run("status", state_dir=state_dir)
         assert status.returncode == 0, status.stderr
+        database_url = json.loads((state_dir / "stack.json").read_text())["database_url"]
+        # A scale racing a down: whichever takes the stack lock first, no consumer is left.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            scaling = pool.submit(run, "consumers", "scale", "2", state_dir=state_dir)
+            stopped = run("down", state_dir=state_dir)
+            scaling.result(timeout=200)
+        assert stopped.returncode == 0, stopped.stderr
+        assert _consumers_of(database_url) == []
     finally:
-        assert run("down", state_dir=state_dir).returncode == 0
+        run("down", state_dir=state_dir)
+
+
+def _consumers_of(database_url: str) -> list[int]:
+    """Live consumer processes, whoever started them, of the stack with this database."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            variables = environ.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            f"FLASHSALE_DATABASE_URL={database_url}".encode() in variables
+            and any(v.startswith(b"FLASHSALE_CONSUMER_NAME=") for v in variables)
+            and pid_alive(int(environ.parent.name))
+        ):
+            found.append(int(environ.parent.name))
+    return found
 
 
 def test_down_without_a_stack_says_so(tmp_path: Path) -> None:
