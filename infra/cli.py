@@ -143,6 +143,8 @@ def up(
     settings = Settings.from_env(
         gateway_port=port, state_dir=state_dir, redis_cluster=redis_cluster
     )
+    if consumers > settings.partitions:
+        _warn(f"{consumers} consumers for {settings.partitions} partitions: some will sit idle")
     interrupted = _StopFlag()
     # Held until stack.json is written: a `down` or `scale` meanwhile waits for it.
     with stack_lock(state_dir):
