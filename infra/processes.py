@@ -6,7 +6,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from infra.embedded.proc import log_tail, spawn, wait_until
@@ -47,10 +47,13 @@ def start_gateway(
     return process.pid
 
 
-def start_consumer(settings: Settings, log_dir: Path, name: str) -> int:
+def start_consumer(settings: Settings, log_dir: Path, name: str, prefix: Sequence[str] = ()) -> int:
+    """`prefix` runs it elsewhere (`ip netns exec NS`), as the same pid."""
     log = log_dir / f"{name}.log"
     process = spawn(
-        [sys.executable, "-m", "consumers"], log, child_env(settings, FLASHSALE_CONSUMER_NAME=name)
+        [*prefix, sys.executable, "-m", "consumers"],
+        log,
+        child_env(settings, FLASHSALE_CONSUMER_NAME=name),
     )
     if process.poll() is not None:
         raise ServiceStartError(f"consumer {name} exited at once:\n{log_tail(log)}")

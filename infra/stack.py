@@ -20,6 +20,7 @@ from infra.embedded.proc import (
     terminate_pid,
 )
 from infra.embedded.redis import EmbeddedRedis
+from infra.netlab import NetLab
 from infra.processes import start_consumer, start_gateway
 from infra.stackfile import StackFile, StackPids
 from infra.statesecrets import stack_secrets
@@ -48,6 +49,8 @@ class EmbeddedStack:
     state_dir: Path
     settings: Settings
     redis_cluster: bool = False
+    # With a network lab (chaos' partition faults), each consumer gets a namespace.
+    netlab: NetLab | None = None
     postgres: EmbeddedPostgres = field(init=False)
     redis: EmbeddedRedis = field(init=False)
     broker: EmbeddedBroker = field(init=False)
@@ -58,11 +61,20 @@ class EmbeddedStack:
         self.state_dir = self.state_dir.resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o755)
+        lab = self.netlab
         self.postgres = EmbeddedPostgres(
-            self.state_dir / "postgres", fsync=self.settings.postgres_fsync
+            self.state_dir / "postgres",
+            fsync=self.settings.postgres_fsync,
+            extra_address=lab.address("postgres") if lab else None,
         )
-        self.redis = EmbeddedRedis(self.state_dir / "redis", cluster=self.redis_cluster)
+        self.redis = EmbeddedRedis(
+            self.state_dir / "redis",
+            cluster=self.redis_cluster,
+            extra_address=lab.address("redis") if lab else None,
+        )
         self.broker = EmbeddedBroker(self.state_dir / "kafka")
+        if lab:
+            self.broker.host = lab.address("broker")
 
     @property
     def log_dir(self) -> Path:
@@ -107,9 +119,24 @@ class EmbeddedStack:
 
     def add_consumer(self, name: str, failpoint: str = "") -> int:
         """Start one more consumer; `failpoint` (tests only) makes it die at that step."""
-        pid = start_consumer(self.settings.replace(failpoint=failpoint), self.log_dir, name)
+        settings = self.settings.replace(failpoint=failpoint)
+        prefix: list[str] = []
+        if self.netlab is not None:
+            prefix = self.netlab.exec_prefix(self.netlab.namespace_for(name))
+            settings = self._as_guest(settings, self.netlab)
+        pid = start_consumer(settings, self.log_dir, name, prefix)
         self.consumer_pids[name] = pid
         return pid
+
+    @staticmethod
+    def _as_guest(settings: Settings, lab: NetLab) -> Settings:
+        """Loopback inside a namespace is its own: reach the services on the bridge."""
+        return settings.replace(
+            database_url=settings.database_url.replace(
+                "@127.0.0.1:", f"@{lab.address('postgres')}:"
+            ),
+            redis_url=settings.redis_url.replace("//127.0.0.1:", f"//{lab.address('redis')}:"),
+        )
 
     def stack_file(self) -> StackFile:
         pids = StackPids(
@@ -225,8 +252,12 @@ def _terminate_ours(
 ) -> None:
     if stack.is_ours(pid):
         terminate_pid(pid, grace_s=grace_s)
-    elif process_identity(pid) is not None:
-        progress(f"pid {pid} is no longer the process the stack started: left alone")
+    elif (now := process_identity(pid)) is not None:
+        was = (stack.identity(pid) or " ?").split(" ", 1)[1]
+        progress(
+            f"pid {pid} is no longer the process the stack started ({was}); "
+            f"now {now.split(' ', 1)[1]}: left alone"
+        )
 
 
 def stack_is_running(stack: StackFile) -> bool:

@@ -237,8 +237,8 @@ def test_down_leaves_a_recycled_pid_alone(tmp_path: Path) -> None:
             gateway_port=1,
             consumer_names=["consumer-0"],
             pids=StackPids(consumers=[unrelated.pid]),
-            # What the pid was when the stack started: another start time, another command.
-            identities={str(unrelated.pid): recorded.replace("sleep 60", "python -m consumers")},
+            # What the pid was when the stack started: another start time (and command).
+            identities={str(unrelated.pid): _earlier(recorded)},
         )
         stack.save(tmp_path)
         result = run("down", state_dir=tmp_path)
@@ -248,6 +248,13 @@ def test_down_leaves_a_recycled_pid_alone(tmp_path: Path) -> None:
     finally:
         unrelated.kill()
         unrelated.wait()
+
+
+def _earlier(identity: str) -> str:
+    """The identity of a process that had the same pid before: it started earlier."""
+    start, _ = identity.split(" ", 1)
+    boot, ticks = start.rsplit(":", 1)
+    return f"{boot}:{int(ticks) - 1} python -m consumers"
 
 
 def _child_running(parent: int, marker: str) -> int | None:

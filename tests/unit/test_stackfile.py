@@ -58,7 +58,10 @@ def test_only_the_recorded_process_is_ours(tmp_path: Path) -> None:
             ours = _stack(StackPids(consumers=[sleeper.pid]), {str(sleeper.pid): identity})
             ours.save(tmp_path)
             assert StackFile.load(tmp_path).is_ours(sleeper.pid)
-            other_start = identity.replace(":sleep", "0:sleep", 1)
+            # The command may change under the same pid (an exec): still the same process.
+            execed = identity.split(" ", 1)[0] + " python -m consumers"
+            assert _stack(StackPids(), {str(sleeper.pid): execed}).is_ours(sleeper.pid)
+            other_start = identity.replace(" sleep", "0 sleep", 1)
             assert not _stack(StackPids(), {str(sleeper.pid): other_start}).is_ours(sleeper.pid)
             # An identity recorded for other pids only: this one is not known to be ours.
             assert not _stack(StackPids(), {str(os.getpid()): "x"}).is_ours(sleeper.pid)
