@@ -17,7 +17,7 @@ from services.settings import Settings
 
 STACK_FILE = "stack.json"
 LOCK_FILE = "stack.lock"
-# `down` waits for a `consumers scale` (up to a rebalance timeout per step) and back.
+# A `down` may wait for a whole `consumers scale` (one rebalance wait per consumer stopped).
 LOCK_TIMEOUT_S = 300.0
 LOCK_POLL_S = 0.1
 
