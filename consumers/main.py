@@ -153,7 +153,9 @@ async def _reconcile_passes(
         stats.reconciler_passes += 1
         count_repairs(metrics, report)
         if report:
-            log.info("reconciled: %s", report)
+            log.info("reconciled: %s", report.summary())
+            if report.rebuilt:
+                log.debug("rebuilt filters: %s", report.rebuilt_ids())
         await _wait(stop, settings.reconcile_interval_s)
 
 
