@@ -77,8 +77,9 @@ def chaos(
     Postgres but not the broker, or squeezed through a thin link (these need
     root; without it they are left out and the run says so). Every client
     operation and fault window is written to a history under STATE_DIR/chaos/;
-    the checker reads it and Postgres and names every violation. Exit 1 when an invariant broke; the schedule is
-    printed first, so a run can be replayed with the same seed.
+    the checker reads it and Postgres and names every violation. Exit 1 when
+    an invariant broke; the schedule is printed first, so a run can be
+    replayed with the same seed.
     """
     kinds = tuple(kind.strip() for kind in faults.split(",") if kind.strip())
     unknown = sorted(set(kinds) - set(CHAOS_FAULTS))
