@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 from redis.exceptions import ResponseError
 
 from infra.embedded.redis import EmbeddedRedis
 from services.schema import PurchaseMessage
+from services.stockfilter.activity import ActiveItems
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import close_redis, open_redis
 from services.stockfilter.filter import Settlement, StockFilter
 from services.stockfilter.idempotency import IdempotencyStore, new_claim
-from services.stockfilter.keys import stock_key
+from services.stockfilter.keys import active_items_key, stock_key
 from tests.conftest import fresh_id
 
 SHARDS = 4
@@ -134,5 +136,29 @@ async def test_auto_pipeline_loads_scripts_redis_forgot(redis_server: EmbeddedRe
         assert counts == list(range(1, 21))
         assert second[0] == b"b-21"
         assert int(second[1]) in (20, 21)  # type: ignore[arg-type]
+    finally:
+        await close_redis(client)
+
+
+async def test_concurrent_marks_of_an_item_send_one_and_all_wait_for_it(
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = open_redis(redis_server.url, cluster=False)
+    sent: list[Sequence[Any]] = []
+
+    class CountingPipe(AutoPipeline):
+        async def script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            sent.append(args)
+            return await super().script(script, keys, args)
+
+    try:
+        activity = ActiveItems(client, CountingPipe(client))
+        item_id = fresh_id("marked")
+        await asyncio.gather(*(activity.mark(item_id) for _ in range(100)))
+        assert len(sent) == 1
+        # Every caller returned after the mark landed: the item is in the set.
+        assert await client.zscore(active_items_key(), item_id) is not None
+        await activity.mark(item_id, force=True)
+        assert len(sent) == 2
     finally:
         await close_redis(client)
