@@ -83,6 +83,7 @@ class NetLab:
             if _ip("link", "add", f"fsbr{index}", "type", "bridge", check=False):
                 lab = cls(index)
                 try:
+                    lab._clear_leftovers()
                     lab._address_bridge()
                 except ServiceStartError:
                     lab.destroy()
@@ -106,6 +107,28 @@ class NetLab:
     def _host(self, number: int) -> str:
         return self.network.rsplit(".", 1)[0] + f".{number}"
 
+    def _clear_leftovers(self) -> None:
+        """Namespaces and veths of a lab with this index that died without its
+        cleanup (the bridge is ours now, so nobody else uses them)."""
+        listed = subprocess.run(
+            ["ip", "netns", "list"],
+            capture_output=True,
+            text=True,
+            timeout=IP_TIMEOUT_S,
+            check=False,
+        )
+        for line in listed.stdout.splitlines():
+            name = line.split(" ", 1)[0]
+            if name.startswith(f"fs{self.index}g"):
+                _ip("netns", "del", name, check=False)
+        links = subprocess.run(
+            ["ip", "-br", "link"], capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False
+        )
+        for line in links.stdout.splitlines():
+            name = line.split(" ", 1)[0].split("@", 1)[0]
+            if name.startswith(f"fs{self.index}v"):
+                _ip("link", "del", name, check=False)
+
     def _address_bridge(self) -> None:
         for service in SERVICES:
             _ip("addr", "add", f"{self.address(service)}/24", "dev", self.bridge)
@@ -120,13 +143,13 @@ class NetLab:
         namespace = f"fs{self.index}g{number}"
         host_end = f"fs{self.index}v{number}"
         _ip("netns", "add", namespace)
+        self.guests[guest] = namespace  # from here on, destroy() removes it
         _ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", namespace)
         _ip("link", "set", host_end, "master", self.bridge)
         _ip("link", "set", host_end, "up")
         _ip("addr", "add", f"{self._host(number)}/24", "dev", "eth0", namespace=namespace)
         _ip("link", "set", "eth0", "up", namespace=namespace)
         _ip("link", "set", "lo", "up", namespace=namespace)
-        self.guests[guest] = namespace
         return namespace
 
     def exec_prefix(self, namespace: str) -> list[str]:

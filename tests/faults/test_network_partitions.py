@@ -130,3 +130,25 @@ async def test_consumer_cut_off_from_postgres_loses_nothing(lab_stack: FaultStac
         return None
 
     await _sale_with_cut(lab_stack, victim, "postgres", nothing)
+
+
+def test_a_new_lab_clears_what_a_dead_lab_left() -> None:
+    """A chaos run killed mid-way leaves namespaces behind; the next lab that
+    takes the same bridge index removes them instead of failing on them."""
+    try:
+        dead = NetLab.create()
+    except NetLabUnavailable as exc:
+        pytest.skip(f"no network lab on this machine: {exc}")
+    left = dead.namespace_for("left-behind")
+    subprocess.run(["ip", "link", "del", dead.bridge], check=True, timeout=10)
+    fresh = NetLab.create()
+    try:
+        if fresh.index == dead.index:
+            assert fresh.namespace_for("again") == left  # reused, not "File exists"
+        listed = subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
+        assert listed.count(left) <= (1 if fresh.index == dead.index else 0)
+    finally:
+        fresh.destroy()
+        dead.destroy()
