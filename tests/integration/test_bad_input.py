@@ -24,6 +24,8 @@ from tests.integration.rawhttp import RawResponse, chunks, raw_exchange, raw_req
 JSON = ("Content-Type", "application/json")
 PROJECT = Path(__file__).resolve().parents[2]
 
+HOSTILE_USER = "mallory"
+
 
 @pytest.fixture(scope="module")
 def decoy(live: LiveStack) -> Iterator[str]:
@@ -39,13 +41,21 @@ def decoy(live: LiveStack) -> Iterator[str]:
 
 
 def snapshot(live: LiveStack) -> tuple[object, ...]:
+    """What a hostile request could change: every item's terms, and the sold
+    count and purchases of the decoy and of the hostile user. Other items' sold
+    counts are left out: purchases of earlier tests may still land meanwhile."""
+
     async def read() -> tuple[object, ...]:
         conn = await asyncpg.connect(live.settings.database_url)
         try:
             items = await conn.fetch(
-                "SELECT item_id, stock, sold, per_user_limit FROM items ORDER BY item_id"
+                "SELECT item_id, stock, per_user_limit,"
+                " CASE WHEN item_id LIKE 'decoy-%' THEN sold END FROM items ORDER BY item_id"
             )
-            purchases = await conn.fetchval("SELECT count(*) FROM purchases")
+            purchases = await conn.fetchval(
+                "SELECT count(*) FROM purchases WHERE item_id LIKE 'decoy-%' OR user_id = $1",
+                HOSTILE_USER,
+            )
             return (*(tuple(row) for row in items), purchases)
         finally:
             await conn.close()
@@ -53,7 +63,7 @@ def snapshot(live: LiveStack) -> tuple[object, ...]:
     return asyncio.run(read())
 
 
-def user(live: LiveStack, name: str = "mallory") -> tuple[str, str]:
+def user(live: LiveStack, name: str = HOSTILE_USER) -> tuple[str, str]:
     return ("Authorization", f"Bearer {issue_token(live.settings.secret, name, 3600)}")
 
 
@@ -72,7 +82,7 @@ def assert_error(response: RawResponse, status: int, code: str | None) -> None:
 
 def hostile_signature(live: LiveStack, tail: bytes | str) -> tuple[str, bytes]:
     """A real token whose signature ends in bytes no signature has."""
-    token = issue_token(live.settings.secret, "mallory", 3600).encode()
+    token = issue_token(live.settings.secret, HOSTILE_USER, 3600).encode()
     return (
         "Authorization",
         b"Bearer " + token[:-2] + (tail if isinstance(tail, bytes) else tail.encode()),
