@@ -33,6 +33,8 @@ from services.topics import ensure_topic, partition_count
 log = logging.getLogger(__name__)
 
 CONSUMERS_READY_TIMEOUT_S = 90.0
+# Leaving the group cleanly takes a batch and a rebalance.
+CONSUMER_STOP_GRACE_S = 15.0
 Progress = Callable[[str], None]
 # Per-process settings that are not the stack's.
 _PROCESS_SETTINGS = ("FLASHSALE_CONSUMER_NAME", "FLASHSALE_FAILPOINT")
@@ -127,6 +129,20 @@ class EmbeddedStack:
         pid = start_consumer(settings, self.log_dir, name, prefix)
         self.consumer_pids[name] = pid
         return pid
+
+    def scale_to(self, count: int) -> None:
+        """Grow or shrink this object's consumers to `count`, one departure per
+        rebalance (as `consumers scale` does), until the survivors own every partition."""
+        names = list(self.consumer_pids)
+        while len(names) > count:
+            terminate_pid(self.consumer_pids.pop(names.pop()), grace_s=CONSUMER_STOP_GRACE_S)
+            if names:
+                wait_for_consumers(self.settings, names)
+        while len(names) < count:
+            names.append(f"consumer-{len(names)}-{secrets.token_hex(2)}")
+            self.add_consumer(names[-1])
+        if names:
+            wait_for_consumers(self.settings, names)
 
     @staticmethod
     def _as_guest(settings: Settings, lab: NetLab) -> Settings:
