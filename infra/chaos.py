@@ -189,6 +189,15 @@ async def _report_stall(
         topic=settings.topic,
         partitions=settings.partitions,
     )
+    if stack.netlab is not None:
+        ports = {
+            "postgres": stack.postgres.port,
+            "redis": stack.redis.nodes[0].port,
+            "broker": stack.broker.port,
+        }
+        lines = await asyncio.to_thread(stack.netlab.diagnose, ports)
+        with path.open("a", encoding="utf-8") as out:
+            out.write("network lab, each guest now:\n" + "\n".join(lines) + "\n\n")
     console.print(f"[red]stall report: {path}[/red]")
 
 

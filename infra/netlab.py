@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 
 from services.errors import ServiceStartError
@@ -130,6 +131,16 @@ class NetLab:
                 _ip("link", "del", name, check=False)
 
     def _address_bridge(self) -> None:
+        # A bridge takes the lowest MAC of its ports unless it has one of its own:
+        # each new guest could change it, and guests whose neighbour tables held
+        # the old one lost Postgres and Redis for good (chaos seed 5).
+        _ip(
+            "link",
+            "set",
+            self.bridge,
+            "address",
+            f"02:fb:00:00:{self.index // 256:02x}:{self.index % 256:02x}",
+        )
         for service in SERVICES:
             _ip("addr", "add", f"{self.address(service)}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -175,6 +186,34 @@ class NetLab:
 
     def unslow(self, guest: str) -> None:
         _tc(self.guests[guest], "qdisc", "del", "dev", "eth0", "root")
+
+    def diagnose(self, ports: dict[str, int]) -> list[str]:
+        """For a stall report: which service each guest reaches now, and its
+        neighbour table (a cut left behind shows as the nowhere MAC)."""
+        lines = []
+        for guest, namespace in self.guests.items():
+            reach = " ".join(
+                f"{service}={'ok' if self._reaches(namespace, service, port) else 'NO'}"
+                for service, port in ports.items()
+            )
+            neigh = subprocess.run(
+                [*self.exec_prefix(namespace), "ip", "neigh"],
+                capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False,
+            )  # fmt: skip
+            table = "; ".join(neigh.stdout.strip().splitlines())
+            lines.append(f"{guest} ({namespace}): {reach} | neigh: {table}")
+        return lines
+
+    def _reaches(self, namespace: str, service: str, port: int) -> bool:
+        probe = f"import socket; socket.create_connection(({self.address(service)!r}, {port}), 1)"
+        try:
+            result = subprocess.run(
+                [*self.exec_prefix(namespace), sys.executable, "-c", probe],
+                capture_output=True, timeout=IP_TIMEOUT_S, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return False
+        return result.returncode == 0
 
     def destroy(self) -> None:
         """Every namespace (their veths go with them), then the bridge."""

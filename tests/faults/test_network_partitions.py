@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,11 @@ async def reaches(stack: EmbeddedStack, guest: str, service: str) -> bool:
 
 def _reaches(stack: EmbeddedStack, guest: str, service: str) -> bool:
     assert stack.netlab is not None
-    ports = {"broker": stack.broker.port, "postgres": stack.postgres.port}
+    ports = {
+        "broker": stack.broker.port,
+        "postgres": stack.postgres.port,
+        "redis": stack.redis.nodes[0].port,
+    }
     probe = (
         "import socket,sys\n"
         f"socket.create_connection(({stack.netlab.address(service)!r}, {ports[service]}), 1)"
@@ -95,7 +100,8 @@ async def _sale_with_cut(
     assert await reaches(stack, victim, other), f"the cut from {service} also cut {other}"
     await during_cut()
     await cut
-    assert await reaches(stack, victim, service), "the cut did not heal"
+    for healed in ("broker", "postgres", "redis"):
+        assert await reaches(stack, victim, healed), f"after the heal, {healed} is out of reach"
     outcome = await traffic
     report = await check_fault_run(
         stack.settings.database_url, items, outcome.accepted, outcome.inconsistent_ids
@@ -152,3 +158,30 @@ def test_a_new_lab_clears_what_a_dead_lab_left() -> None:
     finally:
         fresh.destroy()
         dead.destroy()
+
+
+def test_guests_keep_their_reach_while_more_guests_join() -> None:
+    """A bridge takes the lowest MAC of its ports unless it has its own: a guest
+    that cached the old one lost Postgres and Redis when another consumer
+    started (found by `flashsale chaos --duration 300 --seed 5`, 16 LATE)."""
+    try:
+        lab = NetLab.create()
+    except NetLabUnavailable as exc:
+        pytest.skip(f"no network lab on this machine: {exc}")
+    server = socket.create_server((lab.address("postgres"), 0))
+    port = server.getsockname()[1]
+    try:
+        first = lab.namespace_for("first")
+        probe = f"import socket; socket.create_connection(({lab.address('postgres')!r}, {port}), 1)"
+        for joined in range(8):
+            lab.namespace_for(f"joined-{joined}")
+            result = subprocess.run(
+                [*lab.exec_prefix(first), sys.executable, "-c", probe],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            assert result.returncode == 0, f"lost after guest {joined} joined: {result.stderr!r}"
+    finally:
+        server.close()
+        lab.destroy()
