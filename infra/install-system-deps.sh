@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian packages the embedded stack runs on, only where missing:
-# PostgreSQL 15 (initdb, pg_ctl) and redis-server / redis-cli.
+# PostgreSQL 15 (initdb, pg_ctl), redis-server / redis-cli, and etcd (the
+# `locks` phase of `flashsale bench` measures its lease lock).
 set -euo pipefail
 
 missing=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || command -v initdb >/dev/null 2>&1 || missing+=(postgresql-15)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
