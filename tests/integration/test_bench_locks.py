@@ -9,7 +9,11 @@ expire under its holder.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +149,72 @@ async def test_flashsale_sells_exactly_its_stock_across_a_pause(
     assert result.evidence["holder_state_T"] and result.evidence["still_T_after_pause"]
     assert result.sold == PAUSE_STOCK, result
     assert result.outcomes.get("fenced", 0) >= 1, result
+
+
+DESIGN_KEYS = {
+    "library",
+    "answered_per_s",
+    "oversold_under_pause",
+    "oversold_under_failover",
+    "stock",
+}
+DESIGNS = (
+    "set_nx_px",
+    "watchdog",
+    "redlock",
+    "pg_advisory",
+    "etcd_lease",
+    "etcd_lease_fenced",
+    "flashsale",
+)
+CLI_STOCK = 5
+
+
+@pytest.mark.timeout(300)
+def test_bench_json_phases_locks_prints_the_locks_object_of_the_api() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+    env["FLASHSALE_PARTITIONS"] = "2"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from infra.bench_command import bench; bench(prog_name='flashsale bench')",
+            "--json",
+            "--phases",
+            "locks",
+            "--requests",
+            "100",
+            "--stock",
+            str(CLI_STOCK),
+            "--lock-rounds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert "systems" not in report and "apply" not in report  # only the phase asked for
+    locks = report["locks"]
+    assert tuple(locks) == DESIGNS
+    for design, figures in locks.items():
+        assert set(figures) >= DESIGN_KEYS, design
+        name, version = figures["library"].split(" ")
+        assert name and version[0].isdigit(), figures["library"]
+        assert figures["answered_per_s"] > 0, design
+        assert figures["stock"] == CLI_STOCK, design
+        assert isinstance(figures["oversold_under_pause"], int), design
+        assert figures["pause"]["fault_evidence"] is True, design
+    for design in ("set_nx_px", "watchdog", "redlock"):
+        assert isinstance(locks[design]["oversold_under_failover"], int), design
+        assert locks[design]["failover"]["fault_evidence"] is True, design
+    for design in ("pg_advisory", "etcd_lease", "etcd_lease_fenced", "flashsale"):
+        assert locks[design]["oversold_under_failover"] is None, design
+        assert locks[design]["failover_not_measured"], design
+    for design in ("flashsale", "etcd_lease_fenced"):
+        assert locks[design]["oversold_under_pause"] == 0, design
+        assert locks[design]["oversold"] == 0, design
+        assert locks[design]["confirmed"] == CLI_STOCK, design

@@ -44,6 +44,7 @@ POOL_SIZE = 10
 REDIS_POOL_SIZE = 64
 # python-redis-lock is synchronous: each waiter blocks a thread in BLPOP.
 WATCHDOG_THREADS = 64
+SOCKET_MARGIN_S = 5.0
 ETCD_MIN_TTL_S = 2  # etcd grants no lease shorter than this (it rounds up)
 
 
@@ -239,7 +240,11 @@ async def _design(
         ttl_ms = int(setup.ttl_s * 1000)
         return SetNxPx(RedisLock(client, client.register_script(script), ttl_ms), setup.wait_s)
     if setup.design == WATCHDOG:
-        sync_client = redis.StrictRedis.from_url(setup.redis_urls[0])
+        # redis-py 8 reads with a 5 s socket timeout by default, which turns
+        # python-redis-lock's longer BLPOP wait into a TimeoutError (benchmarks.md).
+        sync_client = redis.StrictRedis.from_url(
+            setup.redis_urls[0], socket_timeout=setup.wait_s + SOCKET_MARGIN_S
+        )
         stack.callback(sync_client.close)
         threads = ThreadPoolExecutor(WATCHDOG_THREADS, thread_name_prefix="watchdog")
         stack.callback(threads.shutdown, wait=False, cancel_futures=True)

@@ -35,13 +35,14 @@ from loadtests.bench.locks.designs import (
 )
 from loadtests.bench.locks.faults import FailoverNodes, Round, Workers, failover_round, pause_round
 from loadtests.bench.locks.section import confirmed
-from loadtests.bench.report import SystemRun
 from loadtests.bench.servers import spawn_server, stop_server, wait_ready
 from loadtests.bench.systems import BaselineSystem, SaleSystem
 from services.store.items import upsert_item
 from services.store.leases import ensure_leases
 
 if TYPE_CHECKING:
+    # Annotations only: the report and the runner import this module.
+    from loadtests.bench.report import SystemRun
     from loadtests.bench.runner import Bench, StackAccess
 
 Progress = Callable[[str], None]
