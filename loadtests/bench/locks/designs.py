@@ -44,6 +44,7 @@ POOL_SIZE = 10
 REDIS_POOL_SIZE = 64
 # python-redis-lock is synchronous: each waiter blocks a thread in BLPOP.
 WATCHDOG_THREADS = 64
+RELEASE_THREADS = 4
 SOCKET_MARGIN_S = 5.0
 ETCD_MIN_TTL_S = 2  # etcd grants no lease shorter than this (it rounds up)
 
@@ -135,6 +136,9 @@ class Watchdog:
     ttl_s: int
     wait_s: float
     threads: ThreadPoolExecutor
+    # Releases get threads of their own: queued behind blocked waiters, the
+    # holder could not release and every waiter would time out.
+    release_threads: ThreadPoolExecutor
 
     @contextlib.asynccontextmanager
     async def hold(self, item_id: str) -> AsyncIterator[Held]:
@@ -148,7 +152,7 @@ class Watchdog:
         try:
             yield Held()
         finally:
-            await loop.run_in_executor(self.threads, lock.release)
+            await loop.run_in_executor(self.release_threads, lock.release)
 
 
 @dataclass(slots=True)
@@ -248,7 +252,10 @@ async def _design(
         stack.callback(sync_client.close)
         threads = ThreadPoolExecutor(WATCHDOG_THREADS, thread_name_prefix="watchdog")
         stack.callback(threads.shutdown, wait=False, cancel_futures=True)
-        return Watchdog(sync_client, max(1, round(setup.ttl_s)), setup.wait_s, threads)
+        releases = ThreadPoolExecutor(RELEASE_THREADS, thread_name_prefix="release")
+        stack.callback(releases.shutdown, wait=False, cancel_futures=True)
+        ttl = max(1, round(setup.ttl_s))
+        return Watchdog(sync_client, ttl, setup.wait_s, threads, releases)
     if setup.design == REDLOCK:
         masters = [_async_redis(url, stack) for url in setup.redis_urls]
         return Redlock(masters, setup.ttl_s, setup.wait_s)

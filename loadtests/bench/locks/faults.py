@@ -141,7 +141,9 @@ async def pause_round(
 ) -> Round:
     """The holder stops between read and write for `pause_s` (> TTL) while others buy."""
     item = await new_item(stock)
-    async with workers.start(setup, item, "paused", 1, HOLD_STOP) as paused:
+    # Buyer names are unique per item: flashsale would take a name seen before
+    # for a retry of the same purchase.
+    async with workers.start(setup, item, f"{item}-paused", 1, HOLD_STOP) as paused:
         stopped = await wait_state(paused.pid, "T")
         if not stopped:
             raise BenchError(f"{setup.design}: the holder {paused.pid} never stopped")
@@ -149,7 +151,7 @@ async def pause_round(
         async with contextlib.AsyncExitStack() as stack:
             buyers = [
                 await stack.enter_async_context(
-                    workers.start(setup, item, f"other{n}", 4 * stock, HOLD_NONE)
+                    workers.start(setup, item, f"{item}-other{n}", 4 * stock, HOLD_NONE)
                 )
                 for n in range(others)
             ]
@@ -245,7 +247,7 @@ async def _failover(
     for primary in primaries[: nodes.failed]:
         await primary.client_kill_filter(_type="replica")
     before = replace(setup, redis_urls=nodes.urls_before())
-    async with workers.start(before, item, "holder", 1, HOLD_WAIT) as holder:
+    async with workers.start(before, item, f"{item}-holder", 1, HOLD_WAIT) as holder:
         assert holder.stdout is not None and holder.stdin is not None
         line = await asyncio.wait_for(holder.stdout.readline(), WORKER_TIMEOUT_S)
         if line.decode().strip() != HOLDING:
@@ -259,7 +261,7 @@ async def _failover(
             await replica.replicaof("NO", "ONE")
         lacked = all([await replica.exists(key) == 0 for replica in replicas])
         after = replace(setup, redis_urls=nodes.urls_after())
-        async with workers.start(after, item, "second", 1, HOLD_NONE) as second:
+        async with workers.start(after, item, f"{item}-second", 1, HOLD_NONE) as second:
             second_outcomes = await finish(second)
         holder.stdin.write(b"go\n")
         await holder.stdin.drain()

@@ -24,7 +24,6 @@ from services.schema import PurchaseMessage, purchase_id_for
 from services.store.batch import Lease, apply_batch
 from services.store.db import Connection
 from services.store.decide import Record
-from services.store.items import get_item
 from services.store.leases import acquire_lease
 from services.store.purchases import item_counts
 
@@ -94,14 +93,15 @@ async def sell_by_lease(
     await between()
     try:
         async with pool.acquire() as conn:
-            await apply_batch(
+            result = await apply_batch(
                 conn, Lease(topic, 0, grant.epoch), [Record(grant.next_offset, message)]
             )
     except FencedError:
         return Outcome.FENCED
-    if await confirmed(pool, item_id) >= (await get_item(pool, item_id)).stock:
-        return Outcome.SOLD_OUT
-    return Outcome.SOLD
+    # The batch decided against the stock in Postgres: confirmed, or rejected.
+    if result.decisions.sold_by_item.get(item_id, 0) > 0:
+        return Outcome.SOLD
+    return Outcome.SOLD_OUT
 
 
 async def confirmed(pool: asyncpg.Pool, item_id: str) -> int:
