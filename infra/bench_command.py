@@ -25,9 +25,16 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
+from infra.bench_locks_table import locks_table
 from infra.stack import EmbeddedStack
 from loadtests.bench.report import BenchResults, machine_description, report_json
-from loadtests.bench.runner import BenchConfig, StackAccess, run_bench
+from loadtests.bench.runner import (
+    LOCK_PAUSE_ROUNDS,
+    PHASES,
+    BenchConfig,
+    StackAccess,
+    run_bench,
+)
 from services.errors import FlashsaleError
 from services.settings import Settings
 
@@ -91,8 +98,31 @@ SYSTEMS = ("flashsale", "redis_lock", "redis_lock_queued", "postgres_row", "bare
     show_envvar=True,
     help="flashsale consumer processes.",
 )
+@click.option(
+    "--lock-rounds",
+    type=click.IntRange(1, 100),
+    default=LOCK_PAUSE_ROUNDS,
+    show_default=True,
+    envvar="FLASHSALE_BENCH_LOCK_ROUNDS",
+    show_envvar=True,
+    help="locks phase: pause rounds and failover rounds per design (one unit at most each).",
+)
+@click.option(
+    "--phases",
+    default=",".join(PHASES),
+    show_default=True,
+    callback=lambda ctx, param, value: _phases(value),
+    help="Run only these phases, comma-separated, of: " + ", ".join(PHASES) + ".",
+)
 def bench(
-    as_json: bool, requests: int, stock: int, concurrency: int, clients: int, consumers: int
+    as_json: bool,
+    requests: int,
+    stock: int,
+    concurrency: int,
+    clients: int,
+    consumers: int,
+    lock_rounds: int,
+    phases: frozenset[str],
 ) -> None:
     """Run the side-by-side benchmark on a fresh embedded stack, then stop it all.
 
@@ -109,7 +139,11 @@ def bench(
     Then: flashsale and postgres_row with stock for everyone (open_stock);
     a lock holder and a consumer stalled past their lease (lock_under_pause);
     the consumer's apply rate, batched and one purchase per transaction
-    (apply).
+    (apply); every lock design of the articles with the library its users
+    pick (set_nx_px, watchdog, redlock, pg_advisory, etcd_lease,
+    etcd_lease_fenced, flashsale), each in the spike, under a real SIGSTOP of
+    the lock holder past its TTL and under a Redis failover (locks; it starts
+    etcd and extra Redis servers of its own).
 
     The gateway's per-address rate limit is raised for the run (every buyer
     comes from 127.0.0.1); the limiter still runs. Progress goes to stderr;
@@ -119,7 +153,7 @@ def bench(
     """
     console = Console(stderr=True)
     machine = machine_description()
-    config = _Config(requests, stock, concurrency, clients, consumers)
+    config = _Config(requests, stock, concurrency, clients, consumers, lock_rounds, phases)
     try:
         results = _run(config, console)
     except FlashsaleError as exc:
@@ -140,6 +174,19 @@ class _Config:
     concurrency: int
     clients: int
     consumers: int
+    lock_rounds: int
+    phases: frozenset[str]
+
+
+def _phases(value: str) -> frozenset[str]:
+    names = frozenset(name.strip() for name in value.split(",") if name.strip())
+    unknown = names - set(PHASES)
+    if unknown or not names:
+        raise click.BadParameter(
+            f"unknown phase(s) {', '.join(sorted(unknown)) or '(none)'}; choose from "
+            + ", ".join(PHASES)
+        )
+    return names
 
 
 def _run(config: _Config, console: Console) -> BenchResults:
@@ -185,6 +232,9 @@ def _bench_config(config: _Config, stack: EmbeddedStack) -> BenchConfig:
         concurrency=config.concurrency,
         clients=config.clients,
         log_dir=stack.log_dir,
+        phases=config.phases,
+        lock_pause_rounds=config.lock_rounds,
+        lock_failover_rounds=config.lock_rounds,
     )
 
 
@@ -255,7 +305,14 @@ def _cell(value: object) -> str:
 
 
 def _tables(report: dict[str, Any]) -> list[Table]:
-    return [_systems_table(report), _phases_table(report)]
+    tables = []
+    if "systems" in report:
+        tables.append(_systems_table(report))
+    if {"open_stock", "apply", "lock_under_pause", "ratios"} <= report.keys():
+        tables.append(_phases_table(report))
+    if "locks" in report:
+        tables.append(locks_table(report["locks"], report["machine"]))
+    return tables
 
 
 def _systems_table(report: dict[str, Any]) -> Table:

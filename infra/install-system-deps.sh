@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install the Debian packages the embedded stack runs on, only where missing:
-# PostgreSQL 15 (initdb, pg_ctl) and redis-server / redis-cli; docker-compose
-# for the check of the deploy files.
+# PostgreSQL 15 (initdb, pg_ctl), redis-server / redis-cli, etcd (the `locks`
+# phase of `flashsale bench` measures its lease lock); docker-compose for the
+# check of the deploy files.
 set -euo pipefail
 
 missing=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || command -v initdb >/dev/null 2>&1 || missing+=(postgresql-15)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # `make test` checks infra/deploy/compose.yaml with `compose config` (no daemon needed).
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loadtests.bench.apply import ApplyFigures
 from loadtests.bench.loadgen import LoadResult
+from loadtests.bench.locks.phase import DesignFigures
+from loadtests.bench.locks.report import locks_json
 from loadtests.bench.pause import PAUSE_LOCK_TTL_MS, PAUSE_MS, ZombieFigures
 from loadtests.bench.systems import Tally
 
@@ -40,34 +42,42 @@ class BenchResults:
     stock: int
     concurrency: int
     clients: int
-    systems: dict[str, SystemRun]
-    open_stock: SystemRun
-    open_stock_row: SystemRun  # postgres_row with stock for everyone
-    lock_paused: SystemRun
-    flashsale_paused: ZombieFigures
-    apply: ApplyFigures
+    # Each phase's figures; a phase left out of --phases leaves its own empty.
+    systems: dict[str, SystemRun] = field(default_factory=dict)
+    open_stock: SystemRun | None = None
+    open_stock_row: SystemRun | None = None  # postgres_row with stock for everyone
+    lock_paused: SystemRun | None = None
+    flashsale_paused: ZombieFigures | None = None
+    apply: ApplyFigures | None = None
+    locks: dict[str, DesignFigures] | None = None
 
 
 def report_json(results: BenchResults, machine: str) -> dict[str, Any]:
-    systems = {
-        name: _system_json(results.systems[name])
-        for name in SYSTEM_ORDER
-        if name in results.systems
-    }
-    open_stock = _open_stock_json(results.open_stock, results.open_stock_row)
-    apply = _apply_json(results.apply)
-    return {
+    """The keys of the phases that ran (all of them by default)."""
+    report: dict[str, Any] = {
         "machine": machine,
         "requests": results.requests,
         "stock": results.stock,
         "concurrency": results.concurrency,
         "client_processes": results.clients,
-        "systems": systems,
-        "lock_under_pause": _pause_json(results.lock_paused, results.flashsale_paused),
-        "open_stock": open_stock,
-        "apply": apply,
-        "ratios": _ratios(systems, open_stock, apply),
     }
+    if results.systems:
+        report["systems"] = {
+            name: _system_json(results.systems[name])
+            for name in SYSTEM_ORDER
+            if name in results.systems
+        }
+    if results.lock_paused is not None and results.flashsale_paused is not None:
+        report["lock_under_pause"] = _pause_json(results.lock_paused, results.flashsale_paused)
+    if results.open_stock is not None and results.open_stock_row is not None:
+        report["open_stock"] = _open_stock_json(results.open_stock, results.open_stock_row)
+    if results.apply is not None:
+        report["apply"] = _apply_json(results.apply)
+    if results.locks is not None:
+        report["locks"] = locks_json(results.locks)
+    if {"systems", "open_stock", "apply"} <= report.keys():
+        report["ratios"] = _ratios(report["systems"], report["open_stock"], report["apply"])
+    return report
 
 
 def _system_json(run: SystemRun) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from loadtests.bench.baselines import (
     load_queries,
 )
 from loadtests.bench.loadgen import LoadClients, LoadPlan, LoadResult, load_clients
+from loadtests.bench.locks.phase import DesignFigures, LocksOptions, run_locks
 from loadtests.bench.pause import (
     PAUSE_LOCK_TTL_MS,
     PAUSE_MS,
@@ -38,6 +39,11 @@ Progress = Callable[[str], None]
 FLASHSALE = "flashsale"
 REDIS_LOCK_QUEUED = "redis_lock_queued"
 REDIS_LOCK_PAUSED = "redis_lock_paused"
+
+SPIKE, OPEN_STOCK, APPLY, REBALANCE, LOCKS = "spike", "open_stock", "apply", "rebalance", "locks"
+PHASES = (SPIKE, OPEN_STOCK, APPLY, REBALANCE, LOCKS)
+LOCK_PAUSE_ROUNDS = 3
+LOCK_FAILOVER_ROUNDS = 3
 
 POOL_SIZE = 10
 # Bounds on every phase, so that a stuck system ends the run instead of hanging it.
@@ -68,6 +74,9 @@ class BenchConfig:
     log_dir: Path
     run_timeout_s: float = RUN_TIMEOUT_S
     settle_timeout_s: float = SETTLE_TIMEOUT_S
+    phases: frozenset[str] = frozenset(PHASES)
+    lock_pause_rounds: int = LOCK_PAUSE_ROUNDS
+    lock_failover_rounds: int = LOCK_FAILOVER_ROUNDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +140,11 @@ async def run_bench(stack: StackAccess, config: BenchConfig, progress: Progress)
             baseline_servers(_baselines(stack), config.log_dir)
         )
         bench = Bench(clients, config, stack.secret, pool)
-        return await _phases(bench, _systems(stack, servers, pool, queries), progress)
+        results = await _phases(bench, _systems(stack, servers, pool, queries), progress)
+        if LOCKS in config.phases:
+            locks = await _locks(bench, stack, _systems(stack, servers, pool, queries), progress)
+            results = replace(results, locks=locks)
+        return results
 
 
 def _systems(
@@ -155,38 +168,50 @@ def _systems(
 
 async def _phases(bench: Bench, systems: dict[str, SaleSystem], progress: Progress) -> BenchResults:
     config = bench.config
-    runs: dict[str, SystemRun] = {}
-    for name in (BARE_HTTP, POSTGRES_ROW, REDIS_LOCK, REDIS_LOCK_QUEUED, FLASHSALE):
-        progress(f"{name}: {config.requests} buyers for {config.stock} units")
-        runs[name] = await bench.sale(systems[name], config.stock, config.requests)
-    progress(f"open_stock: {config.requests} buyers for {config.requests} units")
-    open_stock = await bench.sale(systems[FLASHSALE], config.requests, config.requests, False)
-    progress("open_stock: the same on postgres_row, the hot-row ceiling of design.md")
-    open_stock_row = await bench.sale(
-        systems[POSTGRES_ROW], config.requests, config.requests, False
-    )
-    progress("lock_under_pause: lock holders and consumers stalled past their lease")
-    lock_paused = await _lock_under_pause(bench, systems[REDIS_LOCK_PAUSED])
-    flashsale_paused = await flashsale_under_pause(bench.pool, bench.secret)
-    progress("apply: batched vs one purchase per transaction")
-    apply = await measure_apply(
-        bench.pool,
-        bench.secret,
-        min(config.requests, APPLY_MAX_RECORDS),
-        max(1, min(config.requests // 5, ONE_BY_ONE_MAX_RECORDS)),
-    )
-    return BenchResults(
+    results = BenchResults(config.requests, config.stock, config.concurrency, config.clients)
+    if SPIKE in config.phases:
+        runs: dict[str, SystemRun] = {}
+        for name in (BARE_HTTP, POSTGRES_ROW, REDIS_LOCK, REDIS_LOCK_QUEUED, FLASHSALE):
+            progress(f"{name}: {config.requests} buyers for {config.stock} units")
+            runs[name] = await bench.sale(systems[name], config.stock, config.requests)
+        progress("lock_under_pause: lock holders and consumers stalled past their lease")
+        lock_paused = await _lock_under_pause(bench, systems[REDIS_LOCK_PAUSED])
+        flashsale_paused = await flashsale_under_pause(bench.pool, bench.secret)
+        results = replace(
+            results, systems=runs, lock_paused=lock_paused, flashsale_paused=flashsale_paused
+        )
+    if OPEN_STOCK in config.phases:
+        progress(f"open_stock: {config.requests} buyers for {config.requests} units")
+        open_stock = await bench.sale(systems[FLASHSALE], config.requests, config.requests, False)
+        progress("open_stock: the same on postgres_row, the hot-row ceiling of design.md")
+        open_stock_row = await bench.sale(
+            systems[POSTGRES_ROW], config.requests, config.requests, False
+        )
+        results = replace(results, open_stock=open_stock, open_stock_row=open_stock_row)
+    if APPLY in config.phases:
+        progress("apply: batched vs one purchase per transaction")
+        apply = await measure_apply(
+            bench.pool,
+            bench.secret,
+            min(config.requests, APPLY_MAX_RECORDS),
+            max(1, min(config.requests // 5, ONE_BY_ONE_MAX_RECORDS)),
+        )
+        results = replace(results, apply=apply)
+    return results
+
+
+async def _locks(
+    bench: Bench, stack: StackAccess, systems: dict[str, SaleSystem], progress: Progress
+) -> dict[str, DesignFigures]:
+    config = bench.config
+    options = LocksOptions(
         requests=config.requests,
         stock=config.stock,
-        concurrency=config.concurrency,
-        clients=config.clients,
-        systems=runs,
-        open_stock=open_stock,
-        open_stock_row=open_stock_row,
-        lock_paused=lock_paused,
-        flashsale_paused=flashsale_paused,
-        apply=apply,
+        pause_rounds=config.lock_pause_rounds,
+        failover_rounds=config.lock_failover_rounds,
+        log_dir=config.log_dir,
     )
+    return await run_locks(bench, stack, systems[FLASHSALE], options, progress)
 
 
 def _baselines(stack: StackAccess) -> dict[str, BaselineConfig]:

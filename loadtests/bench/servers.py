@@ -41,11 +41,11 @@ async def baseline_servers(
         spawned: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
         for name, config in configs.items():
             process, port = await _spawn(config, log_dir / f"{name}.log")
-            stack.push_async_callback(_stop, process)
+            stack.push_async_callback(stop_server, process)
             spawned[name] = (process, f"http://127.0.0.1:{port}")
         await asyncio.gather(
             *(
-                _wait_ready(url, process, log_dir / f"{name}.log", name)
+                wait_ready(url, process, log_dir / f"{name}.log", name)
                 for name, (process, url) in spawned.items()
             )
         )
@@ -63,18 +63,10 @@ def _listening_socket() -> socket.socket:
 
 
 async def _spawn(config: BaselineConfig, log_path: Path) -> tuple[asyncio.subprocess.Process, int]:
-    """The child inherits the listening socket: no race for a free port."""
-    await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
-    log = await asyncio.to_thread(log_path.open, "ab")
-    with log, _listening_socket() as sock:
-        port = int(sock.getsockname()[1])
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
+    return await spawn_server(
+        [
             "loadtests.bench.baselines",
             config.mode,
-            "--fd",
-            str(sock.fileno()),
             "--secret",
             config.secret,
             "--database-url",
@@ -86,6 +78,26 @@ async def _spawn(config: BaselineConfig, log_path: Path) -> tuple[asyncio.subpro
             "--pause-ms",
             str(config.pause_ms),
             *(["--local-queue"] if config.local_queue else []),
+        ],
+        log_path,
+    )
+
+
+async def spawn_server(
+    module_args: list[str], log_path: Path
+) -> tuple[asyncio.subprocess.Process, int]:
+    """`python -m MODULE ARGS --fd N`: the child inherits the listening socket (no
+    race for a free port)."""
+    await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
+    log = await asyncio.to_thread(log_path.open, "ab")
+    with log, _listening_socket() as sock:
+        port = int(sock.getsockname()[1])
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            *module_args,
+            "--fd",
+            str(sock.fileno()),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -96,7 +108,7 @@ async def _spawn(config: BaselineConfig, log_path: Path) -> tuple[asyncio.subpro
     return process, port
 
 
-async def _wait_ready(
+async def wait_ready(
     url: str, process: asyncio.subprocess.Process, log_path: Path, name: str
 ) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -121,7 +133,7 @@ async def _tail(log_path: Path) -> str:
     return text[-LOG_TAIL_CHARS:]
 
 
-async def _stop(process: asyncio.subprocess.Process) -> None:
+async def stop_server(process: asyncio.subprocess.Process) -> None:
     """SIGTERM, then SIGKILL after a grace period; harmless when it already exited."""
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
