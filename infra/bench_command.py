@@ -27,6 +27,7 @@ from rich.table import Table
 
 from infra.bench_locks_table import locks_table
 from infra.stack import EmbeddedStack
+from loadtests.bench.cpu import SystemProcesses, pids
 from loadtests.bench.report import BenchResults, machine_description, report_json
 from loadtests.bench.runner import (
     LOCK_PAUSE_ROUNDS,
@@ -216,12 +217,31 @@ def _run(config: _Config, console: Console) -> BenchResults:
 
 def _access(stack: EmbeddedStack) -> StackAccess:
     settings = stack.settings
+
+    def processes() -> SystemProcesses:
+        # Read at each measurement: the rebalance phase changes the consumers.
+        return SystemProcesses(
+            single=pids(
+                [
+                    *stack.gateway_pids,
+                    *stack.consumer_pids.values(),
+                    *stack.redis.pids,
+                    stack.broker.pid,
+                ]
+            ),
+            forking=pids([stack.postgres.pid()]),
+        )
+
     return StackAccess(
         gateway_url=f"http://127.0.0.1:{settings.gateway_port}",
         admin_token=settings.admin_token,
         secret=settings.secret,
         database_url=settings.database_url,
         redis_url=settings.redis_url,
+        processes=processes,
+        scale=stack.scale_to,
+        consumers=len(stack.consumer_pids),
+        shared=SystemProcesses(single=pids(stack.redis.pids), forking=pids([stack.postgres.pid()])),
     )
 
 

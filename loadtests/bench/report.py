@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loadtests.bench.apply import ApplyFigures
+from loadtests.bench.cpu import per_unit_us
 from loadtests.bench.loadgen import LoadResult
 from loadtests.bench.locks.phase import DesignFigures
 from loadtests.bench.locks.report import locks_json
 from loadtests.bench.pause import PAUSE_LOCK_TTL_MS, PAUSE_MS, ZombieFigures
+from loadtests.bench.rebalance import RebalanceFigures
 from loadtests.bench.systems import Tally
 
 ADMITTED = 202
@@ -26,6 +28,7 @@ class SystemRun:
 
     load: LoadResult
     tally: Tally | None
+    cpu_s: float | None = None  # of every process of the system, while it ran
 
     @property
     def sellout_s(self) -> float | None:
@@ -46,6 +49,8 @@ class BenchResults:
     systems: dict[str, SystemRun] = field(default_factory=dict)
     open_stock: SystemRun | None = None
     open_stock_row: SystemRun | None = None  # postgres_row with stock for everyone
+    open_stock_lock: SystemRun | None = None  # redis_lock with stock for everyone
+    rebalance: RebalanceFigures | None = None
     lock_paused: SystemRun | None = None
     flashsale_paused: ZombieFigures | None = None
     apply: ApplyFigures | None = None
@@ -71,8 +76,12 @@ def report_json(results: BenchResults, machine: str) -> dict[str, Any]:
         report["lock_under_pause"] = _pause_json(results.lock_paused, results.flashsale_paused)
     if results.open_stock is not None and results.open_stock_row is not None:
         report["open_stock"] = _open_stock_json(results.open_stock, results.open_stock_row)
+    if results.open_stock is not None:
+        report["cpu_us_per_purchase"] = _cpu_json(results)
     if results.apply is not None:
         report["apply"] = _apply_json(results.apply)
+    if results.rebalance is not None:
+        report["rebalance"] = asdict(results.rebalance)
     if results.locks is not None:
         report["locks"] = locks_json(results.locks)
     if {"systems", "open_stock", "apply"} <= report.keys():
@@ -124,6 +133,22 @@ def _open_stock_json(run: SystemRun, row: SystemRun) -> dict[str, Any]:
             # Admission to the last commit in Postgres: the consumers' end-to-end pace.
             span_s = tally.last_sale_at - load.started_at
             figures["confirmed_per_s"] = round(tally.confirmed / max(span_s, 1e-9), 1)
+    return figures
+
+
+def _cpu_json(results: BenchResults) -> dict[str, float | None]:
+    """CPU microseconds of all of a system's processes per unit it sold, open stock."""
+    runs = {
+        "flashsale": results.open_stock,
+        "postgres_row": results.open_stock_row,
+        "redis_lock": results.open_stock_lock,
+    }
+    figures: dict[str, float | None] = {}
+    for name, run in runs.items():
+        if run is None or run.cpu_s is None or run.tally is None:
+            figures[name] = None
+        else:
+            figures[name] = per_unit_us(run.cpu_s, run.tally.confirmed)
     return figures
 
 

@@ -19,6 +19,7 @@ from loadtests.bench.baselines import (
     BaselineConfig,
     load_queries,
 )
+from loadtests.bench.cpu import CpuMeter, SystemProcesses
 from loadtests.bench.loadgen import LoadClients, LoadPlan, LoadResult, load_clients
 from loadtests.bench.locks.phase import DesignFigures, LocksOptions, run_locks
 from loadtests.bench.pause import (
@@ -28,6 +29,7 @@ from loadtests.bench.pause import (
     PAUSE_STOCK,
     flashsale_under_pause,
 )
+from loadtests.bench.rebalance import RebalanceFigures, measure_rebalance
 from loadtests.bench.report import ADMITTED, BenchResults, SystemRun
 from loadtests.bench.servers import RunningServer, baseline_servers
 from loadtests.bench.systems import BareSystem, BaselineSystem, FlashsaleSystem, SaleSystem
@@ -50,6 +52,8 @@ POOL_SIZE = 10
 RUN_TIMEOUT_S = 600.0
 SETTLE_TIMEOUT_S = 120.0
 WARMUP_MAX_REQUESTS = 500
+# redis_lock sells one unit at a time: its open-stock run is shorter.
+OPEN_STOCK_LOCK_MAX_REQUESTS = 2_000
 APPLY_MAX_RECORDS = 10_000
 ONE_BY_ONE_MAX_RECORDS = 2_000
 
@@ -63,6 +67,12 @@ class StackAccess:
     secret: str
     database_url: str
     redis_url: str
+    # Every process of the stack now (for cpu_us_per_purchase); the Redis and
+    # Postgres the baselines share with it; and how to scale its consumers.
+    processes: Callable[[], SystemProcesses] | None = None
+    shared: SystemProcesses | None = None
+    scale: Callable[[int], None] | None = None
+    consumers: int = 2  # restored after the rebalance phase (the locks phase follows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,17 +114,27 @@ class Bench:
         return await self.clients.drive(plan)
 
     async def sale(
-        self, system: SaleSystem, stock: int, requests: int, warm_up: bool = True
+        self,
+        system: SaleSystem,
+        stock: int,
+        requests: int,
+        warm_up: bool = True,
+        processes: SystemProcesses | None = None,
     ) -> SystemRun:
-        """A fresh item, `requests` buyers at once, then what Postgres says."""
+        """A fresh item, `requests` buyers at once, then what Postgres says; with
+        `processes`, the CPU they spent from the first request to the last commit."""
         run = secrets.token_hex(3)
         if warm_up:
             await self._warm_up(system, run)
         item_id = f"bench-{run}"
         await system.create_item(item_id, stock)
+        meter = None if processes is None else CpuMeter({system.name: processes})
+        if meter is not None:
+            meter.start()
         load = await self.drive(self.plan(system, item_id, f"b-{run}", requests))
         await system.settle(item_id, load.count(ADMITTED), self.config.settle_timeout_s)
-        return SystemRun(load, await system.tally(item_id))
+        cpu_s = None if meter is None else meter.stop()[system.name]
+        return SystemRun(load, await system.tally(item_id), cpu_s)
 
     async def _warm_up(self, system: SaleSystem, run: str) -> None:
         """Open the servers' pools and connections on an item of its own."""
@@ -140,7 +160,11 @@ async def run_bench(stack: StackAccess, config: BenchConfig, progress: Progress)
             baseline_servers(_baselines(stack), config.log_dir)
         )
         bench = Bench(clients, config, stack.secret, pool)
-        results = await _phases(bench, _systems(stack, servers, pool, queries), progress)
+        results = await _phases(
+            bench, _systems(stack, servers, pool, queries), _meters(stack, servers), progress
+        )
+        if REBALANCE in config.phases and stack.scale is not None:
+            results = replace(results, rebalance=await _rebalance(bench, stack, progress))
         if LOCKS in config.phases:
             locks = await _locks(bench, stack, _systems(stack, servers, pool, queries), progress)
             results = replace(results, locks=locks)
@@ -166,7 +190,32 @@ def _systems(
     return {system.name: system for system in systems}
 
 
-async def _phases(bench: Bench, systems: dict[str, SaleSystem], progress: Progress) -> BenchResults:
+def _meters(
+    stack: StackAccess, servers: dict[str, RunningServer]
+) -> dict[str, Callable[[], SystemProcesses]]:
+    """The processes whose CPU each system spends: its server, and the Redis and
+    Postgres it uses (flashsale: every process of the stack)."""
+    meters: dict[str, Callable[[], SystemProcesses]] = {}
+    if stack.processes is not None:
+        meters[FLASHSALE] = stack.processes
+    shared = stack.shared
+    if shared is not None:
+        for name, uses_redis in ((POSTGRES_ROW, False), (REDIS_LOCK, True)):
+            single = (servers[name].pid, *(shared.single if uses_redis else ()))
+            meters[name] = _fixed(SystemProcesses(single=single, forking=shared.forking))
+    return meters
+
+
+def _fixed(processes: SystemProcesses) -> Callable[[], SystemProcesses]:
+    return lambda: processes
+
+
+async def _phases(
+    bench: Bench,
+    systems: dict[str, SaleSystem],
+    meters: dict[str, Callable[[], SystemProcesses]],
+    progress: Progress,
+) -> BenchResults:
     config = bench.config
     results = BenchResults(config.requests, config.stock, config.concurrency, config.clients)
     if SPIKE in config.phases:
@@ -181,13 +230,8 @@ async def _phases(bench: Bench, systems: dict[str, SaleSystem], progress: Progre
             results, systems=runs, lock_paused=lock_paused, flashsale_paused=flashsale_paused
         )
     if OPEN_STOCK in config.phases:
-        progress(f"open_stock: {config.requests} buyers for {config.requests} units")
-        open_stock = await bench.sale(systems[FLASHSALE], config.requests, config.requests, False)
-        progress("open_stock: the same on postgres_row, the hot-row ceiling of design.md")
-        open_stock_row = await bench.sale(
-            systems[POSTGRES_ROW], config.requests, config.requests, False
-        )
-        results = replace(results, open_stock=open_stock, open_stock_row=open_stock_row)
+        flashsale, row, lock = await _open_stock(bench, systems, meters, progress)
+        results = replace(results, open_stock=flashsale, open_stock_row=row, open_stock_lock=lock)
     if APPLY in config.phases:
         progress("apply: batched vs one purchase per transaction")
         apply = await measure_apply(
@@ -236,3 +280,52 @@ async def _lock_under_pause(bench: Bench, system: SaleSystem) -> SystemRun:
     plan = bench.plan(system, item_id, f"p-{run}", PAUSE_REQUESTS)
     load = await bench.drive(replace(plan, concurrency=PAUSE_REQUESTS, clients=1))
     return SystemRun(load, await system.tally(item_id))
+
+
+async def _open_stock(
+    bench: Bench,
+    systems: dict[str, SaleSystem],
+    meters: dict[str, Callable[[], SystemProcesses]],
+    progress: Progress,
+) -> tuple[SystemRun, SystemRun, SystemRun]:
+    """Every request sells a unit: flashsale, postgres_row, and (fewer requests:
+    it sells one at a time) redis_lock, each with the CPU its processes spent."""
+    requests = bench.config.requests
+
+    def meter(name: str) -> SystemProcesses | None:
+        return meters[name]() if name in meters else None
+
+    progress(f"open_stock: {requests} buyers for {requests} units")
+    flashsale = await bench.sale(systems[FLASHSALE], requests, requests, False, meter(FLASHSALE))
+    progress("open_stock: the same on postgres_row, the hot-row ceiling of design.md")
+    row = await bench.sale(systems[POSTGRES_ROW], requests, requests, False, meter(POSTGRES_ROW))
+    lock_requests = min(requests, OPEN_STOCK_LOCK_MAX_REQUESTS)
+    progress(f"open_stock: {lock_requests} buyers on redis_lock, for its CPU per unit")
+    lock = await bench.sale(
+        systems[REDIS_LOCK], lock_requests, lock_requests, False, meter(REDIS_LOCK)
+    )
+    return flashsale, row, lock
+
+
+async def _rebalance(bench: Bench, stack: StackAccess, progress: Progress) -> RebalanceFigures:
+    scale = stack.scale
+    assert scale is not None
+    target = SaleTarget(stack.gateway_url, stack.admin_token, stack.secret)
+    system = FlashsaleSystem(target, bench.pool, await asyncio.to_thread(load_queries))
+
+    async def scale_async(count: int) -> None:
+        progress(f"rebalance: scaling consumers to {count}")
+        await asyncio.to_thread(scale, count)
+
+    progress("rebalance: buying while consumers scale 2 -> 4 -> 1")
+    try:
+        return await measure_rebalance(
+            system,
+            bench.pool,
+            bench.drive,
+            bench.plan,
+            scale_async,
+            bench.config.settle_timeout_s,
+        )
+    finally:
+        await asyncio.to_thread(scale, stack.consumers)
