@@ -25,7 +25,8 @@ from services.stockfilter.filter import Settlement
 from services.stockfilter.returns import announce_returned
 from services.store.batch import BatchResult, Lease, apply_batch
 from services.store.db import database_errors
-from services.store.decide import REJECTED, Record, Target
+from services.store.decide import CANCELLED, EXPIRED, PAID, REJECTED, Record, Target
+from services.store.holds import expire_due
 from services.store.leases import (
     LeaseGrant,
     acquire_lease,
@@ -48,6 +49,10 @@ PENDING_RETRY_MAX_S = 16.0
 # the embedded broker after a restart recreated the topic under a live producer).
 LOG_CHECK_ATTEMPTS = 3
 OFFSETS_TIMEOUT_S = 5.0
+# How often the owner of a partition expires its holds past pay_by: the longest an
+# expired hold's units wait before they go back on sale (a late pay does not wait:
+# its own batch expires the purchase).
+EXPIRY_SWEEP_S = 1.0
 
 
 class RejoinStuckError(FlashsaleError):
@@ -68,6 +73,8 @@ class ConsumerStats:
     confirmed: int = 0
     rejected: int = 0
     cancelled: int = 0
+    paid: int = 0
+    expired: int = 0
     fenced: int = 0
     reconciler_passes: int = 0
     reconciler_failures: int = 0
@@ -129,6 +136,7 @@ class PurchaseConsumer:
         self.unanswered: dict[TopicPartition, int] = {}
         self.unassigned_since: float | None = time.monotonic()
         self._retry_pending_at = 0.0
+        self._sweep_at = 0.0
         # The rebalance listener and the poll loop both take pending leases: one at a time.
         self._taking = asyncio.Lock()
         self.stats = ConsumerStats()
@@ -341,6 +349,9 @@ class PurchaseConsumer:
             try:
                 if self.pending and time.monotonic() >= self._retry_pending_at:
                     await self.take_pending()
+                if time.monotonic() >= self._sweep_at:
+                    self._sweep_at = time.monotonic() + EXPIRY_SWEEP_S
+                    await self.expire_holds()
                 batches = await self.kafka.getmany(
                     timeout_ms=200, max_records=self.settings.batch_max_records
                 )
@@ -394,6 +405,26 @@ class PurchaseConsumer:
         await self.after_commit(tp, result)
         failpoint(self.settings.failpoint, "consumer.after_settle")
 
+    async def expire_holds(self) -> None:
+        """Expire the holds past pay_by of every partition we hold, each in a
+        transaction fenced by its lease, then put their units back on sale.
+        Between two batches of the poll loop: one writer per partition at a time."""
+        for partition, epoch in sorted(self.leases.epochs.items()):
+            lease = Lease(self.settings.topic, partition, epoch, self.name)
+            try:
+                async with database_errors(), self.core.pool.acquire() as conn:
+                    expired = await expire_due(conn, lease)
+            except FencedError as exc:
+                self.stats.fenced += 1
+                if self.leases.epochs.get(partition) == epoch:
+                    log.warning("fenced, stop reading partition %d: %s", partition, exc)
+                    self._leased_elsewhere(TopicPartition(self.settings.topic, partition))
+                continue
+            if expired:
+                log.info("partition %d: %d hold(s) expired", partition, len(expired))
+                self.stats.expired += len(expired)
+                await self.return_units(expired)
+
     def _fenced(self, tp: TopicPartition, epoch: int, first_offset: int, exc: FencedError) -> None:
         if self.leases.epochs.get(tp.partition) != epoch:
             # We got the partition back (a newer epoch of ours) or are taking it
@@ -444,17 +475,20 @@ class PurchaseConsumer:
         except UnavailableError as exc:
             # The reconciler settles these later from Postgres' final states.
             log.warning("settling %d reservations failed: %s", len(settlements), exc)
-        await self.return_cancelled(result.decisions.applied_cancellations)
+        changes = result.decisions
+        self.stats.cancelled += len(changes.applied(CANCELLED))
+        self.stats.paid += len(changes.applied(PAID))
+        self.stats.expired += len(changes.applied(EXPIRED))
+        await self.return_units(changes.returned)
         # No Kafka offset commit: the offset lives in Postgres with the orders, and
         # the group coordinator's retries after a broker restart would only stall us.
 
-    async def return_cancelled(self, cancelled: list[Target]) -> None:
-        """Put cancelled purchases' units back on sale. They have no reservation
-        record left, so they go to the purchase's home shard; a missing shard, or
-        Redis failing here, is made good by the reconciler's drift repair."""
+    async def return_units(self, cancelled: list[Target]) -> None:
+        """Put cancelled or expired purchases' units back on sale. They have no
+        reservation record left, so they go to the purchase's home shard; a missing
+        shard, or Redis failing here, is made good by the reconciler's drift repair."""
         if not cancelled:
             return
-        self.stats.cancelled += len(cancelled)
         stock = self.core.stock
         try:
             for target in cancelled:
@@ -468,7 +502,7 @@ class PurchaseConsumer:
                     )
             await announce_returned(self.core.redis, sorted({t.item_id for t in cancelled}))
         except UnavailableError as exc:
-            log.warning("returning %d cancelled purchase(s) failed: %s", len(cancelled), exc)
+            log.warning("returning %d purchase(s) units failed: %s", len(cancelled), exc)
 
 
 def _decode(messages: list[KafkaRecord]) -> list[Record]:

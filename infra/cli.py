@@ -17,6 +17,7 @@ from rich.console import Console
 
 from infra import status as status_view
 from infra.bench_command import bench
+from infra.events_command import events
 from infra.faults import FAULTS as CHAOS_FAULTS
 from infra.loadtest_command import loadtest
 from infra.stack import EmbeddedStack, stack_is_running, stop_from_file
@@ -382,6 +383,7 @@ def chaos(
 
 main.add_command(loadtest)
 main.add_command(bench)
+main.add_command(events)
 
 if __name__ == "__main__":
     main()

@@ -143,6 +143,7 @@ async def _prepare(settings: Settings) -> None:
     async with open_core(settings, run_migrations=True) as core:
         await ensure_leases(core.pool, settings.topic, settings.partitions)
     await ensure_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
+    await ensure_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)
 
 
 def wait_for_consumers(
