@@ -38,10 +38,12 @@ def events() -> None:
 def tail(from_beginning: bool, count: int | None, item_id: str | None, state_dir: Path) -> None:
     """Print events as they come (FLASHSALE_EVENTS_TOPIC, default purchase-events).
 
+    The broker is the running stack's, or FLASHSALE_KAFKA_BOOTSTRAP when set.
+
     A relay may send an event twice after a crash, with the same event_id.
     """
     settings = Settings.from_env()
-    bootstrap = StackFile.load(state_dir).kafka_bootstrap
+    bootstrap = settings.kafka_bootstrap or StackFile.load(state_dir).kafka_bootstrap
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends
         asyncio.run(_tail(bootstrap, settings.events_topic, from_beginning, count, item_id))
 
