@@ -4,9 +4,9 @@ It runs inside each consumer process, for the partitions whose lease the process
 holds (the outbox rows carry the partition of the change): one relay per
 partition at a time, so the events of an item (one item, one partition) go out
 in the order they were written. A round sends the oldest unpublished events,
-waits for the broker's acknowledgements, then marks the acknowledged prefix.
-A crash between the two sends that prefix again on the next round, by whoever
-holds the lease then: at least once, duplicates keep their `event_id`.
+waits for the broker's acknowledgements, then marks what was acknowledged.
+A crash between the two sends those events again on the next round, by
+whoever holds the lease then: at least once, duplicates keep their `event_id`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from services.errors import UnavailableError
 from services.failpoints import failpoint
@@ -50,6 +51,8 @@ class EventRelay:
         # partition -> epoch of the leases this process holds right now.
         self.owned = owned
         self.published = 0
+        # The producers' partitioner, over the sorted partitions: one item, one partition.
+        self._partitioner = DefaultPartitioner()
 
     async def run_once(self) -> int:
         """One round; the number of events acknowledged and marked."""
@@ -67,35 +70,56 @@ class EventRelay:
         return len(acked)
 
     async def _send(self, events: list[OutboxEvent]) -> tuple[list[int], BaseException | None]:
-        """Send all, wait for all; the acknowledged prefix (in outbox order) and the
-        first failure. Only the prefix is marked: what follows a failure is sent
-        again after it, so a reader that drops duplicates sees each item's events
-        in order."""
+        """Send a round; the seqs the broker acknowledged, and a failure if any.
+
+        An item's events all go to one partition of the events topic (keyed by
+        item id). Each partition's events go in batches, each sent only once the
+        one before it was acknowledged: a batch is appended whole or not at all,
+        so no event is ever delivered after an earlier one of its item failed,
+        and a resend repeats events in their order.
+        """
         topic = self.settings.events_topic
-        deliveries: list[asyncio.Future[object]] = []
-        failure: BaseException | None = None
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                for event in events:
-                    deliveries.append(
-                        await self.producer.send(topic, event.encode(), key=event.item_id.encode())
-                    )
+                partitions = sorted(await self.producer.partitions_for(topic))
         except (KafkaError, OSError, TimeoutError) as exc:
-            failure = exc
-        results: list[object] = []
-        if deliveries:
+            return [], exc
+        by_partition: dict[int, list[OutboxEvent]] = {}
+        for event in events:
+            partition = self._partitioner(event.item_id.encode(), partitions, partitions)
+            by_partition.setdefault(partition, []).append(event)
+        chains = await asyncio.gather(
+            *(self._send_chain(topic, p, chain) for p, chain in by_partition.items())
+        )
+        acked = sorted(seq for seqs, _ in chains for seq in seqs)
+        failure = next((failed for _, failed in chains if failed is not None), None)
+        return acked, failure
+
+    async def _send_chain(
+        self, topic: str, partition: int, events: list[OutboxEvent]
+    ) -> tuple[list[int], BaseException | None]:
+        acked: list[int] = []
+        pending = events
+        while pending:
+            batch = self.producer.create_batch()
+            taken = 0
+            for event in pending:
+                key, value = event.item_id.encode(), event.encode()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    break  # full: the rest go in the next batch
+                taken += 1
+            batch.close()
+            if taken == 0:
+                return acked, UnavailableError(f"event {pending[0].event_id} fits no batch")
             try:
                 async with asyncio.timeout(SEND_TIMEOUT_S):
-                    results = await asyncio.gather(*deliveries, return_exceptions=True)
-            except TimeoutError as exc:
-                failure = failure or exc
-        acked: list[int] = []
-        for event, result in zip(events, results, strict=False):
-            if isinstance(result, BaseException):
-                failure = failure or result
-                break
-            acked.append(event.seq)
-        return acked, failure
+                    delivery = await self.producer.send_batch(batch, topic, partition=partition)
+                    await delivery
+            except (KafkaError, OSError, TimeoutError) as exc:
+                return acked, exc
+            acked.extend(event.seq for event in pending[:taken])
+            pending = pending[taken:]
+        return acked, None
 
 
 @contextlib.asynccontextmanager
