@@ -26,7 +26,7 @@ from services.stockfilter.returns import announce_returned
 from services.store.batch import BatchResult, Lease, apply_batch
 from services.store.db import database_errors
 from services.store.decide import CANCELLED, EXPIRED, PAID, REJECTED, Record, Target
-from services.store.holds import expire_due
+from services.store.holds import due_partitions, expire_due
 from services.store.leases import (
     LeaseGrant,
     acquire_lease,
@@ -409,7 +409,13 @@ class PurchaseConsumer:
         """Expire the holds past pay_by of every partition we hold, each in a
         transaction fenced by its lease, then put their units back on sale.
         Between two batches of the poll loop: one writer per partition at a time."""
-        for partition, epoch in sorted(self.leases.epochs.items()):
+        held = dict(self.leases.epochs)
+        if not held:
+            return
+        async with database_errors(), self.core.pool.acquire() as conn:
+            due = await due_partitions(conn, self.settings.topic, sorted(held))
+        for partition in sorted(due):
+            epoch = held[partition]
             lease = Lease(self.settings.topic, partition, epoch, self.name)
             try:
                 async with database_errors(), self.core.pool.acquire() as conn:

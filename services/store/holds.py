@@ -19,6 +19,16 @@ from services.store.queries import query
 EXPIRE_BATCH = 500
 
 
+async def due_partitions(conn: Connection, topic: str, partitions: list[int]) -> set[int]:
+    """The partitions among these with confirmed holds past pay_by (a hint: the
+    expiry itself decides again under the lease)."""
+    if not partitions:
+        return set()
+    async with database_errors():
+        rows = await conn.fetch(query("due_partitions"), topic, partitions)
+    return {row["kafka_partition"] for row in rows}
+
+
 async def expire_due(conn: Connection, lease: Lease, limit: int = EXPIRE_BATCH) -> list[Target]:
     """Expire the partition's confirmed holds past pay_by; the purchases expired.
 

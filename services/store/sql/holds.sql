@@ -30,3 +30,10 @@ WHERE items.item_id = d.item_id
 )
 SELECT purchase_id, user_id, item_id, quantity, status, pay_by FROM expired
 ORDER BY pay_by, purchase_id;
+
+-- name: due_partitions
+-- Which of the caller's partitions have holds past pay_by: the sweep then locks
+-- only those leases (one cheap read a second instead of a transaction each).
+SELECT DISTINCT kafka_partition FROM purchases
+WHERE topic = $1 AND kafka_partition = ANY($2::integer[])
+  AND status = 'confirmed' AND pay_by IS NOT NULL AND pay_by < now();
