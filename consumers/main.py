@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from consumers.metrics import ConsumerMetrics, metrics_server
 from consumers.relay import RELAY_BATCH, RELAY_IDLE_S, EventRelay, open_event_producer
 from consumers.worker import (
     ConsumerStats,
@@ -24,12 +25,13 @@ from consumers.worker import (
 from services.errors import FlashsaleError, UnavailableError
 from services.logs import setup_logging
 from services.producer import PurchaseProducer, open_producer
-from services.reconciler import Reconciler
+from services.reconciler import Reconciler, ReconcileReport
 from services.resources import CoreResources, open_core
 from services.schema import PurchaseMessage
 from services.settings import Settings
 from services.store.leases import ensure_leases
 from services.topics import ensure_topic
+from services.tracing import NO_TRACING, Tracing, tracing_from_env
 
 log = logging.getLogger("flashsale.consumer")
 
@@ -104,6 +106,7 @@ async def reconcile_forever(
     stop: asyncio.Event,
     stats: ConsumerStats,
     owns: Callable[[str], bool] | None = None,
+    metrics: ConsumerMetrics | None = None,
 ) -> None:
     """Run reconciler passes until stopped, surviving every failure but a bug.
 
@@ -112,6 +115,7 @@ async def reconcile_forever(
     logged and retried with a backoff (the producer reopened); a bug (TypeError,
     say) propagates, and `serve` stops the process with it (exit non-zero).
     """
+    metrics = metrics if metrics is not None else ConsumerMetrics()
     slot = _ProducerSlot()
     reconciler = Reconciler(core, slot.publish, settings.reservation_stale_s, owns=owns)
     backoff_s = settings.reconcile_interval_s
@@ -120,9 +124,10 @@ async def reconcile_forever(
         try:
             async with open_producer(settings) as producer:
                 slot.producer = producer
-                await _reconcile_passes(reconciler, settings, stop, stats)
+                await _reconcile_passes(reconciler, settings, stop, stats, metrics)
         except RECONCILE_RETRIED as exc:
             stats.reconciler_failures += 1
+            metrics.reconciler_failures.inc()
             if stats.reconciler_passes > passes_before:
                 backoff_s = settings.reconcile_interval_s  # a new run of failures
             log.warning(
@@ -138,15 +143,28 @@ async def reconcile_forever(
 
 
 async def _reconcile_passes(
-    reconciler: Reconciler, settings: Settings, stop: asyncio.Event, stats: ConsumerStats
+    reconciler: Reconciler,
+    settings: Settings,
+    stop: asyncio.Event,
+    stats: ConsumerStats,
+    metrics: ConsumerMetrics,
 ) -> None:
     """Passes until stopped; the first failure ends them (the caller reopens and retries)."""
     while not stop.is_set():
         report = await reconciler.run_once()
         stats.reconciler_passes += 1
+        count_repairs(metrics, report)
         if report:
-            log.info("reconciled: %s", report)
+            log.info("reconciled: %s", report.summary())
+            if report.rebuilt:
+                log.debug("rebuilt filters: %s", report.rebuilt_ids())
         await _wait(stop, settings.reconcile_interval_s)
+
+
+def count_repairs(metrics: ConsumerMetrics, report: ReconcileReport) -> None:
+    metrics.repairs.labels("settled").inc(report.settled)
+    metrics.repairs.labels("republished").inc(report.republished)
+    metrics.repairs.labels("rebuilt").inc(len(report.rebuilt))
 
 
 RELAY_BACKOFF_MAX_S = 5.0
@@ -191,18 +209,20 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, tracing: Tracing = NO_TRACING) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_core(
-        settings, run_migrations=True, server_settings=CONSUMER_SESSION_SETTINGS
-    ) as core:
+    metrics = ConsumerMetrics()
+    async with (
+        metrics_server(metrics, settings.consumer_metrics_host, settings.consumer_metrics_port),
+        open_core(settings, run_migrations=True, server_settings=CONSUMER_SESSION_SETTINGS) as core,
+    ):
         await prepare(settings, core)
-        worker = PurchaseConsumer(settings, core, build_kafka_consumer(settings))
+        worker = PurchaseConsumer(settings, core, build_kafka_consumer(settings), metrics, tracing)
         reconciler = asyncio.create_task(
-            reconcile_forever(settings, core, stop, worker.stats, worker.owns_item)
+            reconcile_forever(settings, core, stop, worker.stats, worker.owns_item, metrics)
         )
         # A reconciler that died of a bug stops the consumer: `await reconciler`
         # below raises it, and the process exits non-zero instead of running on
@@ -244,10 +264,13 @@ async def consume_until_stuck(
 
 def main() -> None:
     settings = Settings.from_env()
+    tracing = tracing_from_env("flashsale-consumer")
     setup_logging(settings.log_level)
     try:
         import uvloop  # noqa: PLC0415
 
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, tracing))
     except KeyboardInterrupt:
         pass
+    finally:
+        tracing.shutdown()

@@ -16,6 +16,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from consumers.logcheck import LogVerdict, RecordAt, judge_log, records_at
+from consumers.metrics import ConsumerMetrics
+from consumers.tracing import TracedRecord, trace_batch
 from services.errors import FencedError, FlashsaleError, UnavailableError
 from services.failpoints import failpoint
 from services.resources import CoreResources
@@ -33,6 +35,7 @@ from services.store.leases import (
     acquire_quiet_lease,
     start_log_generation,
 )
+from services.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +120,16 @@ class LeaseListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class PurchaseConsumer:
-    def __init__(self, settings: Settings, core: CoreResources, kafka: AIOKafkaConsumer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        core: CoreResources,
+        kafka: AIOKafkaConsumer,
+        metrics: ConsumerMetrics | None = None,
+        tracing: Tracing = NO_TRACING,
+    ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.core = core
         self.kafka = kafka
         self.name = consumer_name(settings)
@@ -140,6 +151,9 @@ class PurchaseConsumer:
         # The rebalance listener and the poll loop both take pending leases: one at a time.
         self._taking = asyncio.Lock()
         self.stats = ConsumerStats()
+        self.metrics = metrics if metrics is not None else ConsumerMetrics()
+        # The next offset to apply, per partition we read (for the lag gauge).
+        self.next_offsets: dict[TopicPartition, int] = {}
         self._partitioner = DefaultPartitioner()
 
     def reset(self, kafka: AIOKafkaConsumer) -> None:
@@ -151,6 +165,8 @@ class PurchaseConsumer:
         self.grants.clear()
         self.blocked_since.clear()
         self.unanswered.clear()
+        for tp in list(self.next_offsets):
+            self._drop_lag(tp)
         self.unassigned_since = time.monotonic()
 
     def owns_item(self, item_id: str) -> bool:
@@ -178,6 +194,19 @@ class PurchaseConsumer:
         self.grants.pop(tp, None)
         self.blocked_since.pop(tp, None)
         self.unanswered.pop(tp, None)
+        self._drop_lag(tp)
+
+    def _drop_lag(self, tp: TopicPartition) -> None:
+        if self.next_offsets.pop(tp, None) is not None:
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(str(tp.partition))
+
+    def observe_lag(self) -> None:
+        """Lag of each partition we read, from the high watermarks the fetches brought."""
+        for tp, next_offset in self.next_offsets.items():
+            highwater = self.kafka.highwater(tp)
+            if highwater is not None:
+                self.metrics.lag.labels(str(tp.partition)).set(max(highwater - next_offset, 0))
 
     def check_not_stuck(self) -> None:
         now = time.monotonic()
@@ -327,6 +356,7 @@ class PurchaseConsumer:
         self.assigned_at.pop(tp, None)
         self.pending.discard(tp)
         self.leases.epochs[tp.partition] = epoch
+        self.next_offsets[tp] = start
         self.kafka.seek(tp, start)
         self.kafka.resume(tp)
 
@@ -338,6 +368,7 @@ class PurchaseConsumer:
         self.pending.discard(tp)
         self.assigned_at.pop(tp, None)
         self.grants.pop(tp, None)
+        self._drop_lag(tp)
         if tp in self.kafka.assignment():
             self.kafka.pause(tp)
             self.blocked_since.setdefault(tp, time.monotonic())
@@ -356,6 +387,7 @@ class PurchaseConsumer:
                     timeout_ms=200, max_records=self.settings.batch_max_records
                 )
                 await self.handle_all(batches)
+                self.observe_lag()
                 backoff_s = 0.1
             except (UnavailableError, KafkaError) as exc:
                 log.warning("backing off %.1fs: %s", backoff_s, exc)
@@ -389,18 +421,27 @@ class PurchaseConsumer:
             return
         records = _decode(messages)
         failpoint(self.settings.failpoint, "consumer.before_apply")
+        started = time.perf_counter()
+        started_ns = time.time_ns() if self.tracing.enabled else 0
         try:
             async with database_errors(), self.core.pool.acquire() as conn:
                 lease = Lease(tp.topic, tp.partition, epoch, self.name)
                 result = await apply_batch(conn, lease, records)
         except FencedError as exc:
             self.stats.fenced += 1
+            self.metrics.fenced.inc()
             self._fenced(tp, epoch, first_offset, exc)
             return
         except UnavailableError:
             # Nothing was written: read the same records again after the backoff.
             self.kafka.seek(tp, first_offset)
             raise
+        self.metrics.apply_latency.observe(time.perf_counter() - started)
+        self.metrics.batch_records.observe(len(messages))
+        if tp in self.next_offsets:
+            self.next_offsets[tp] = int(messages[-1].offset) + 1
+        if self.tracing.enabled:
+            self._trace(tp, epoch, started_ns, messages, result)
         failpoint(self.settings.failpoint, "consumer.after_commit")
         await self.after_commit(tp, result)
         failpoint(self.settings.failpoint, "consumer.after_settle")
@@ -428,8 +469,46 @@ class PurchaseConsumer:
                 continue
             if expired:
                 log.info("partition %d: %d hold(s) expired", partition, len(expired))
-                self.stats.expired += len(expired)
+                self._count(EXPIRED, len(expired))
                 await self.return_units(expired)
+
+    def _count(self, status: str, purchases: int) -> None:
+        """Purchases moved on from confirmed (cancelled, paid, expired)."""
+        if not purchases:
+            return
+        setattr(self.stats, status, getattr(self.stats, status) + purchases)
+        self.metrics.purchases.labels(status).inc(purchases)
+
+    def _trace(
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        started_ns: int,
+        messages: list[KafkaRecord],
+        result: BatchResult,
+    ) -> None:
+        decided = {d.record.offset: d for d in result.decisions.decisions}
+        notified = set(result.decisions.notified_ids)
+        traced = []
+        for message in messages:
+            offset = int(message.offset)
+            decision = decided.get(offset)
+            if decision is None:
+                traced.append(TracedRecord(offset, message.headers))
+                continue
+            purchase = decision.record.message
+            traced.append(
+                TracedRecord(
+                    offset,
+                    message.headers,
+                    purchase.purchase_id,
+                    purchase.item_id,
+                    decision.status,
+                    decision.duplicate,
+                    purchase.purchase_id in notified,
+                )
+            )
+        trace_batch(self.tracing, tp.topic, tp.partition, epoch, started_ns, traced)
 
     def _fenced(self, tp: TopicPartition, epoch: int, first_offset: int, exc: FencedError) -> None:
         if self.leases.epochs.get(tp.partition) != epoch:
@@ -464,6 +543,9 @@ class PurchaseConsumer:
         self.stats.applied += len(result.decisions.new)
         self.stats.confirmed += sum(1 for d in result.decisions.new if d.status != REJECTED)
         self.stats.rejected += sum(1 for d in result.decisions.new if d.status == REJECTED)
+        rejected = sum(1 for d in result.decisions.new if d.status == REJECTED)
+        self.metrics.purchases.labels("confirmed").inc(len(result.decisions.new) - rejected)
+        self.metrics.purchases.labels("rejected").inc(rejected)
         # A duplicate copy gives its units back: its reservation (if it still has
         # one) is a second one, made by a retry after Redis forgot the first.
         settlements = [
@@ -482,9 +564,8 @@ class PurchaseConsumer:
             # The reconciler settles these later from Postgres' final states.
             log.warning("settling %d reservations failed: %s", len(settlements), exc)
         changes = result.decisions
-        self.stats.cancelled += len(changes.applied(CANCELLED))
-        self.stats.paid += len(changes.applied(PAID))
-        self.stats.expired += len(changes.applied(EXPIRED))
+        for status in (CANCELLED, PAID, EXPIRED):
+            self._count(status, len(changes.applied(status)))
         await self.return_units(changes.returned)
         # No Kafka offset commit: the offset lives in Postgres with the orders, and
         # the group coordinator's retries after a broker restart would only stall us.

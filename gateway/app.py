@@ -22,12 +22,13 @@ from services.settings import Settings
 from services.stockfilter.returns import returned_units_listener
 from services.store.lookup import PurchaseLookup
 from services.store.notifications import result_listener
+from services.tracing import NO_TRACING, Tracing
 
 # aiohttp's own cap on a body; the handlers apply the smaller limit of settings.
 CLIENT_MAX_SIZE = 64 * 1024
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, tracing: Tracing = NO_TRACING) -> web.Application:
     metrics = GatewayMetrics()
     app = web.Application(
         middlewares=[metrics_middleware(metrics), error_middleware],
@@ -37,8 +38,8 @@ def create_app(settings: Settings) -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(settings))
-            producer = await stack.enter_async_context(open_producer(settings))
-            limits = open_rate_limits(settings)
+            producer = await stack.enter_async_context(open_producer(settings, tracing))
+            limits = open_rate_limits(settings, shared=(core.redis, core.pipe))
             stack.push_async_callback(limits.close)
             waiters = await stack.enter_async_context(result_listener(settings.database_url))
             hints = ItemHints(settings.item_cache_s, settings.sold_out_cache_s)
@@ -56,6 +57,7 @@ def create_app(settings: Settings) -> web.Application:
                 waiters=waiters,
                 admission=Admission(core, producer, hints, metrics, limits, lookup),
                 dashboard=Dashboard(core, metrics),
+                tracing=tracing,
             )
             yield
 

@@ -45,7 +45,7 @@ class Dashboard:
     async def _build(self, now: float) -> dict[str, Any]:
         settings = self.core.settings
         items = await recent_items(self.core.pool, ITEMS_SHOWN)
-        leases = await list_leases(self.core.pool, settings.topic)
+        leases = await list_leases(self.core.pool, settings.topic, settings.partitions)
         try:
             ends = await end_offsets(
                 settings.kafka_bootstrap, settings.topic, [lease.partition for lease in leases]

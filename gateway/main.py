@@ -16,6 +16,7 @@ from gateway.protocol import GatewayRunner
 from services.errors import SettingsError
 from services.logs import setup_logging
 from services.settings import Settings
+from services.tracing import Tracing, tracing_from_env
 
 log = logging.getLogger("flashsale.gateway")
 
@@ -50,22 +51,26 @@ async def serve(app: web.Application, sock: socket.socket) -> None:
         await runner.cleanup()
 
 
-def _settings() -> Settings:
-    """Settings fit to sign tokens; a clear message and exit 2 otherwise."""
+def _settings() -> tuple[Settings, Tracing]:
+    """Settings fit to sign tokens, and tracing; a clear message and exit 2 otherwise."""
     try:
         settings = Settings.from_env()
         settings.require_secrets()
+        tracing = tracing_from_env("flashsale-gateway")
     except SettingsError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
-    return settings
+    return settings, tracing
 
 
 def main() -> None:
-    settings = _settings()
+    settings, tracing = _settings()
     setup_logging(settings.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     sock = listening_socket(settings.gateway_host, settings.gateway_port)
     log.info("gateway listening on http://%s:%d", settings.gateway_host, settings.gateway_port)
-    asyncio.run(serve(create_app(settings), sock))
+    try:
+        asyncio.run(serve(create_app(settings, tracing), sock))
+    finally:
+        tracing.shutdown()

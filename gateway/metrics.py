@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.errors import Handler
 
 PURCHASES_ROUTE = "/v1/purchases"
+# The limits of gateway/ratelimit.py (its USER, CLIENT, ITEM).
+RATE_LIMIT_KINDS = ("user", "client", "item")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -71,6 +75,44 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+
+        # Sale state from the dashboard snapshot (Postgres and the broker, at most once
+        # a second), set at scrape time: the same numbers on every gateway, so the
+        # Grafana panels take max() across gateways.
+        self.item_stock = Gauge(
+            "flashsale_item_stock", "units on sale, per recent item", ["item_id"], registry=r
+        )
+        self.item_sold = Gauge(
+            "flashsale_item_sold", "units sold, per recent item", ["item_id"], registry=r
+        )
+        self.item_remaining = Gauge(
+            "flashsale_item_remaining", "units left, per recent item", ["item_id"], registry=r
+        )
+        self.partition_lag = Gauge(
+            "flashsale_partition_lag",
+            "records in the partition not yet applied to Postgres (end offset - applied)",
+            ["partition"],
+            registry=r,
+        )
+
+        # Present from the start, so a dashboard shows zero rather than no data.
+        for cached in ("true", "false"):
+            self.sold_out.labels(cached)
+        for limit in RATE_LIMIT_KINDS:
+            self.rate_limited.labels(limit)
+
+    def observe_snapshot(self, snapshot: Mapping[str, Any]) -> None:
+        """Copy a dashboard snapshot into the sale-state gauges (old labels dropped)."""
+        for gauge in (self.item_stock, self.item_sold, self.item_remaining, self.partition_lag):
+            gauge.clear()
+        for item in snapshot.get("items", []):
+            item_id = str(item["item_id"])
+            self.item_stock.labels(item_id).set(item["stock"])
+            self.item_sold.labels(item_id).set(item["sold"])
+            self.item_remaining.labels(item_id).set(item["remaining"])
+        for row in snapshot.get("partitions", []):
+            if row.get("lag") is not None:
+                self.partition_lag.labels(str(row["partition"])).set(row["lag"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisClusterStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
+from redis.commands.core import AsyncScript
 
 from gateway.errors import ApiError
 from services.errors import UnavailableError
 from services.settings import Settings
-from services.stockfilter.client import POOL_SIZE, POOL_WAIT_S, SOCKET_TIMEOUT_S
+from services.stockfilter.autopipe import AutoPipeline
+from services.stockfilter.client import POOL_SIZE, POOL_WAIT_S, SOCKET_TIMEOUT_S, RedisClient
 from services.stockfilter.keys import limits_prefix
 
 USER = "user"
@@ -30,6 +34,7 @@ class RateLimits:
     per_user: RateLimitItem
     per_client: RateLimitItem
     per_item: RateLimitItem
+    owns_client: bool = True
 
     async def check(self, kind: str, identity: str) -> None:
         """429 when over the limit; 503 when Redis cannot answer (fail closed, never open)."""
@@ -50,14 +55,44 @@ class RateLimits:
         )
 
     async def close(self) -> None:
+        if not self.owns_client:
+            return  # the process's shared client: closed where it was opened
         # limits keeps its redis-py client on the bridge; it offers no close of its own.
         client = getattr(self.storage.bridge, "storage", None)
         if client is not None:
             await client.aclose()
 
 
-def open_rate_limits(settings: Settings, socket_timeout_s: float = SOCKET_TIMEOUT_S) -> RateLimits:
-    """Every Redis call has a deadline: a half-open connection answers 503, never hangs."""
+class PipelinedScript:
+    """limits' sliding-window script, sent through the process's auto-pipeline.
+
+    Three limits per purchase were three round trips of their own, a quarter of
+    the gateway's CPU under load (py-spy, docs/benchmarks.md); batched with the
+    other requests' Redis calls they cost a line in a shared pipeline. The
+    script, its keys and its arguments stay exactly limits' own.
+    """
+
+    def __init__(self, script: AsyncScript, pipe: AutoPipeline) -> None:
+        self.script = script
+        self.pipe = pipe
+
+    async def __call__(self, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
+        return await self.pipe.script(self.script, keys, args)
+
+
+def open_rate_limits(
+    settings: Settings,
+    socket_timeout_s: float = SOCKET_TIMEOUT_S,
+    shared: tuple[RedisClient, AutoPipeline] | None = None,
+) -> RateLimits:
+    """Every Redis call has a deadline: a half-open connection answers 503, never hangs.
+
+    With `shared` (the process's client and auto-pipeline, one Redis node), limits
+    uses that client's pool instead of opening a second one."""
+    if shared is not None:
+        redis, pipe = shared
+        if isinstance(redis, aioredis.Redis):
+            return _shared_rate_limits(settings, redis, pipe)
     uri = settings.redis_url.replace("redis://", "async+redis://", 1)
     deadlines = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
     storage: RedisStorage
@@ -80,10 +115,33 @@ def open_rate_limits(settings: Settings, socket_timeout_s: float = SOCKET_TIMEOU
             key_prefix=limits_prefix(),
             connection_pool=pool,  # type: ignore[arg-type]
         )
+    return _limits(settings, storage)
+
+
+def _shared_rate_limits(
+    settings: Settings, redis: aioredis.Redis, pipe: AutoPipeline
+) -> RateLimits:
+    storage = RedisStorage(
+        settings.redis_url.replace("redis://", "async+redis://", 1),
+        wrap_exceptions=True,
+        implementation="redispy",
+        key_prefix=limits_prefix(),
+        connection_pool=redis.connection_pool,  # type: ignore[arg-type]
+    )
+    bridge = storage.bridge
+    bridge.lua_acquire_sliding_window = PipelinedScript(  # type: ignore[attr-defined]
+        bridge.lua_acquire_sliding_window,  # type: ignore[attr-defined]
+        pipe,
+    )
+    return _limits(settings, storage, owns_client=False)
+
+
+def _limits(settings: Settings, storage: RedisStorage, owns_client: bool = True) -> RateLimits:
     return RateLimits(
         limiter=SlidingWindowCounterRateLimiter(storage),
         storage=storage,
         per_user=parse(settings.user_rate),
         per_client=parse(settings.client_rate),
         per_item=parse(settings.item_rate),
+        owns_client=owns_client,
     )

@@ -17,7 +17,9 @@ from gateway.ratelimit import RateLimits
 from services.producer import PurchaseProducer
 from services.resources import CoreResources
 from services.settings import Settings
+from services.store.db import ping
 from services.store.notifications import ResultWaiters
+from services.tracing import NO_TRACING, Tracing
 
 READY_CHECK_TIMEOUT_S = 2.0
 
@@ -33,6 +35,7 @@ class Gateway:
     waiters: ResultWaiters
     admission: Admission
     dashboard: Dashboard
+    tracing: Tracing = NO_TRACING
 
     async def readiness(self) -> dict[str, bool]:
         names = ("postgres", "redis", "kafka")
@@ -51,7 +54,7 @@ class Gateway:
         return True
 
     async def _postgres(self) -> None:
-        await self.core.pool.fetchval("SELECT 1")
+        await ping(self.core.pool)
 
     async def _redis(self) -> None:
         await self.core.redis.ping()

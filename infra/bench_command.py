@@ -1,6 +1,6 @@
 """`flashsale bench`: the side-by-side benchmark, on a fresh stack it starts and stops itself.
 
-The main developer registers it with `main.add_command(bench)` in infra/cli.py.
+Registered in infra/cli.py (LAZY_COMMANDS: imported only when run).
 """
 
 from __future__ import annotations

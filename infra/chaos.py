@@ -13,26 +13,29 @@ import asyncio
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from infra.faults import FAULTS, FaultInjector
+from infra.faults import FAULTS, NETWORK_FAULTS, FaultInjector
 from infra.nemesis import HEAL_BOUND_S, SESSION_TIMEOUT_S, FaultEvent, Nemesis, schedule
+from infra.netlab import NetLab, NetLabUnavailable
 from infra.stack import EmbeddedStack
 from loadtests.checker import CheckReport, check, final_deadline
 from loadtests.history import HistoryWriter
 from loadtests.pgsnapshot import await_finals, read_snapshot
 from loadtests.sale import SaleTarget
+from loadtests.stall import write_stall_report
 from loadtests.workload import BUYERS_PER_S, ITEMS, WorkloadConfig, run_workload
 from services.settings import Settings
 
 CONSUMERS = 3
 GATEWAYS = 2
 HISTORY_FILE = "history.jsonl"
+STALL_FILE = "stalls.txt"
 # Data folders dropped after the run; the history and the logs stay.
 DATA_FOLDERS = ("postgres", "redis", "kafka")
 
@@ -56,10 +59,35 @@ class ChaosOptions:
 
 
 def run_chaos(options: ChaosOptions, console: Console) -> bool:
+    lab = _network_lab(options, console)
+    try:
+        return _run(options, console, lab)
+    finally:
+        if lab is not None:
+            lab.destroy()
+
+
+def _network_lab(options: ChaosOptions, console: Console) -> NetLab | None:
+    """The lab when the schedule may cut the network; where it cannot be built
+    (not root), the run says so and drops those faults rather than failing."""
+    if not NETWORK_FAULTS & set(options.faults):
+        return None
+    try:
+        return NetLab.create()
+    except NetLabUnavailable as exc:
+        console.print(f"[yellow]network faults left out: {exc}[/yellow]")
+        return None
+
+
+def _run(options: ChaosOptions, console: Console, lab: NetLab | None) -> bool:
+    if lab is None:
+        options = replace(
+            options, faults=tuple(f for f in options.faults if f not in NETWORK_FAULTS)
+        )
     events = schedule(options.seed, options.duration_s, options.faults)
     _print_schedule(console, options, events)
     run_dir = options.state_dir / "chaos" / f"seed{options.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    stack = EmbeddedStack(run_dir / "stack", _settings())
+    stack = EmbeddedStack(run_dir / "stack", _settings(), netlab=lab)
     writer = HistoryWriter(run_dir / HISTORY_FILE)
     try:
         with console.status("starting the embedded stack") as spinner:
@@ -116,7 +144,9 @@ async def _sale(
     deadline = max(
         (final_deadline(at, writer.history.faults) for at in accepted.values()), default=0.0
     )
-    await await_finals(stack.settings.database_url, set(accepted), deadline)
+    missing = await await_finals(stack.settings.database_url, set(accepted), deadline)
+    if missing:
+        await _report_stall(stack, writer, missing, console)
     snapshot = await read_snapshot(stack.settings.database_url)
     return check(writer.history, snapshot)
 
@@ -142,6 +172,24 @@ async def _heal(stack: EmbeddedStack, writer: HistoryWriter, console: Console) -
         return
     if missing:
         console.print(f"[red]{len(missing)} purchases still not final before the next fault[/red]")
+        await _report_stall(stack, writer, missing, console)
+
+
+async def _report_stall(
+    stack: EmbeddedStack, writer: HistoryWriter, missing: set[str], console: Console
+) -> None:
+    settings = stack.settings
+    path = writer.path.parent / STALL_FILE
+    await write_stall_report(
+        path,
+        writer.history,
+        missing,
+        database_url=settings.database_url,
+        bootstrap=settings.kafka_bootstrap,
+        topic=settings.topic,
+        partitions=settings.partitions,
+    )
+    console.print(f"[red]stall report: {path}[/red]")
 
 
 def _print_schedule(console: Console, options: ChaosOptions, events: Sequence[FaultEvent]) -> None:

@@ -1,54 +1,66 @@
-"""The `flashsale` command: the operator's entry point and the composition root."""
+"""The `flashsale` command: the operator's entry point and the composition root.
+
+It starts fast: this module imports only click, and each command imports what
+it needs when it runs (`flashsale token` never loads the Kafka, Redis or HTTP
+clients; `bench`, `loadtest` and `chaos` live in modules loaded on use).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import functools
 import os
-import secrets
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
-from click.decorators import FC
-from rich.console import Console
 
-from infra import status as status_view
-from infra.bench_command import bench
-from infra.events_command import events
-from infra.faults import FAULTS as CHAOS_FAULTS
-from infra.loadtest_command import loadtest
-from infra.stack import EmbeddedStack, stack_is_running, stop_from_file
-from infra.stackfile import StackFile
-from loadtests.workload import BUYERS_PER_S as CHAOS_BUYERS_PER_S
-from loadtests.workload import ITEMS as CHAOS_ITEMS
+from infra.cli_options import state_dir_option
+from infra.lazygroup import LazyGroup
+from infra.stackfile import StackFile, stack_lock
 from services.errors import FlashsaleError, StackNotRunningError, StackRunningError
-from services.settings import Settings
-from services.tokens import issue_token
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
 DEFAULT_CONSUMERS = 2
+# Subcommands whose modules are heavy: name -> (module:command, --help line).
+LAZY_COMMANDS = {
+    "bench": ("infra.bench_command:bench", "Run the side-by-side benchmark on a fresh stack."),
+    "chaos": ("infra.chaos_command:chaos", "Run a sale under random faults, then check..."),
+    "events": ("infra.events_command:events", "Purchase events: `events tail` prints them."),
+    "loadtest": ("infra.loadtest_command:loadtest", "Run a Locust scenario against the stack."),
+    "migrate": ("infra.deploy_commands:migrate", "Apply the schema migrations (deployments)."),
+    "sale": ("infra.deploy_commands:sale", "Run a checked sale against a deployed stack."),
+}
 
 
-def _state_dir_option() -> Callable[[FC], FC]:
-    return click.option(
-        "--state-dir",
-        type=click.Path(path_type=Path),
-        default=Path(".flashsale"),
-        envvar="FLASHSALE_STATE_DIR",
-        show_envvar=True,
-        show_default=True,
-        help="Folder for the embedded stack's data, logs and stack.json.",
-    )
+@functools.cache
+def _err() -> Console:
+    from rich.console import Console  # noqa: PLC0415
+
+    return Console(stderr=True)
+
+
+def _out() -> Console:
+    from rich.console import Console  # noqa: PLC0415
+
+    return Console()
 
 
 def _say(message: str) -> None:
-    console.print(f"[dim]•[/dim] {message}")
+    _err().print(f"[dim]•[/dim] {message}")
+
+
+def _warn(message: str) -> None:
+    _err().print(f"[bold yellow]warning:[/bold yellow] {message}")
 
 
 def _fail(exc: BaseException) -> None:
+    console = _err()
     console.print(f"[bold red]error:[/bold red] {exc}")
     cause = exc.__cause__
     while cause is not None:
@@ -57,7 +69,7 @@ def _fail(exc: BaseException) -> None:
     sys.exit(1)
 
 
-class FlashsaleGroup(click.Group):
+class FlashsaleGroup(LazyGroup):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -66,7 +78,11 @@ class FlashsaleGroup(click.Group):
             return None
 
 
-@click.group(cls=FlashsaleGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=FlashsaleGroup,
+    lazy_commands=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 def main() -> None:
     """flashsale: lock-free flash-sale inventory.
 
@@ -118,42 +134,56 @@ def main() -> None:
     show_default=True,
     help="Gateway processes sharing the port (one per core is plenty).",
 )
-@_state_dir_option()
+@state_dir_option()
 def up(
     consumers: int, redis_cluster: bool, detach: bool, port: int, gateways: int, state_dir: Path
 ) -> None:
     """Start the embedded stack (Postgres, Redis, broker), the gateway and N consumers."""
-    _refuse_second_stack(state_dir)
+    from infra.stack import EmbeddedStack  # noqa: PLC0415
+    from services.settings import Settings  # noqa: PLC0415
+
+    console = _err()
     settings = Settings.from_env(
         gateway_port=port, state_dir=state_dir, redis_cluster=redis_cluster
     )
-    stack = EmbeddedStack(state_dir, settings, redis_cluster=redis_cluster)
+    if consumers > settings.partitions:
+        _warn(f"{consumers} consumers for {settings.partitions} partitions: some will sit idle")
     interrupted = _StopFlag()
-    try:
-        with interrupted.catching():
-            stack.start_services(_say)
-            stack.start_processes(consumers, _say, gateways=gateways)
-            stack_file = stack.stack_file()
-            stack_file.supervisor_pid = None if detach else os.getpid()
-            path = stack_file.save(state_dir)
-    except BaseException as exc:
-        console.print("[yellow]start failed or interrupted; stopping what was started[/yellow]")
-        stack.stop(_say)
-        StackFile.remove(state_dir)
-        if isinstance(exc, FlashsaleError):
-            raise
-        sys.exit(130)
+    # Held until stack.json is written: a `down` or `scale` meanwhile waits for it.
+    with stack_lock(state_dir):
+        _refuse_second_stack(state_dir)
+        stack = EmbeddedStack(state_dir, settings, redis_cluster=redis_cluster)
+        try:
+            with interrupted.catching():
+                stack.start_services(_say)
+                stack.start_processes(consumers, _say, gateways=gateways)
+                stack_file = stack.stack_file()
+                if not detach:
+                    stack_file.record_supervisor(os.getpid())
+                path = stack_file.save(state_dir)
+        except BaseException as exc:
+            console.print("[yellow]start failed or interrupted; stopping what was started[/yellow]")
+            # A second Ctrl-C must not cut the cleanup short and leave children running.
+            with interrupted.shielded():
+                stack.stop(_say)
+                StackFile.remove(state_dir)
+            if isinstance(exc, FlashsaleError):
+                raise
+            sys.exit(130)
     _print_ready(stack_file, path)
     if detach:
         return
     console.print("[bold]running; Ctrl-C stops everything[/bold]")
     interrupted.wait()
-    stack.stop(_say)
-    StackFile.remove(state_dir)
+    with interrupted.shielded():
+        stack.stop(_say)
+        StackFile.remove(state_dir)
     console.print("[green]stopped[/green]")
 
 
 def _refuse_second_stack(state_dir: Path) -> None:
+    from infra.stack import stack_is_running  # noqa: PLC0415
+
     try:
         existing = StackFile.load(state_dir)
     except StackNotRunningError:
@@ -167,7 +197,7 @@ def _refuse_second_stack(state_dir: Path) -> None:
 
 
 def _print_ready(stack_file: StackFile, path: Path) -> None:
-    out = Console()
+    out = _out()
     out.print(f"[green]ready[/green]  gateway {stack_file.gateway_url}")
     out.print(f"admin token: {stack_file.admin_token}")
     out.print(f"stack file:  {path}")
@@ -185,8 +215,15 @@ class _StopFlag:
         self.stopping = True
         raise KeyboardInterrupt
 
+    def _flag_only(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
     def catching(self) -> _SignalScope:
         return _SignalScope(self._handler)
+
+    def shielded(self) -> _SignalScope:
+        """SIGINT/SIGTERM only noted: for the stop that must run to its end."""
+        return _SignalScope(self._flag_only)
 
     def wait(self) -> None:
         with self.catching():
@@ -213,15 +250,20 @@ class _SignalScope:
 
 
 @main.command()
-@_state_dir_option()
+@state_dir_option()
 def down(state_dir: Path) -> None:
     """Stop what `flashsale up` started. Postgres' data stays on disk."""
-    stack_file = StackFile.load(state_dir)
-    left = stop_from_file(state_dir, stack_file, _say)
-    StackFile.remove(state_dir)
+    from infra.stack import stop_from_file  # noqa: PLC0415
+
+    # Under the lock: a `consumers scale` running now finishes first, and the
+    # consumers it started are in stack.json when we read it.
+    with stack_lock(state_dir):
+        stack_file = StackFile.load(state_dir)
+        left = stop_from_file(state_dir, stack_file, _say)
+        StackFile.remove(state_dir)
     if left:
         raise FlashsaleError(f"processes still alive after stopping: {left}")
-    Console().print("[green]stopped[/green]")
+    _out().print("[green]stopped[/green]")
 
 
 @main.command()
@@ -234,10 +276,13 @@ def down(state_dir: Path) -> None:
     show_envvar=True,
     help="Seconds the token stays valid (default: 24 h).",
 )
-@_state_dir_option()
+@state_dir_option()
 def token(user_ids: tuple[str, ...], ttl: int | None, state_dir: Path) -> None:
     """Print a user token per USER_ID, one per line in order, signed with the
     gateway's secret (from FLASHSALE_SECRET or the running stack's state folder)."""
+    from services.settings import Settings  # noqa: PLC0415
+    from services.tokens import issue_token  # noqa: PLC0415
+
     settings = Settings.from_env()
     settings = settings.replace(secret=settings.secret or StackFile.load(state_dir).secret)
     settings.require_signing_secret()
@@ -247,11 +292,47 @@ def token(user_ids: tuple[str, ...], ttl: int | None, state_dir: Path) -> None:
 
 
 @main.command()
-@_state_dir_option()
-def status(state_dir: Path) -> None:
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh in place until Ctrl-C.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1),
+    default=None,
+    help="With --watch: stop after this many refreshes.",
+)
+@click.option(
+    "--items",
+    "item_rows",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="Item rows shown (on sale now, most active first); the rest are counted.",
+)
+@state_dir_option()
+def status(
+    watch: bool, interval: float, count: int | None, item_rows: int, state_dir: Path
+) -> None:
     """Items (stock, sold, remaining), partitions (owner, lag), consumers, throughput."""
+    import asyncio  # noqa: PLC0415
+
+    from infra import status as status_view  # noqa: PLC0415
+
     stack_file = StackFile.load(state_dir)
-    asyncio.run(status_view.show(stack_file, Console()))
+    if watch:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+            asyncio.run(status_view.watch(stack_file, _out(), item_rows, interval, count))
+    else:
+        asyncio.run(status_view.show(stack_file, _out(), item_rows))
 
 
 @main.group()
@@ -261,12 +342,12 @@ def consumers() -> None:
 
 @consumers.command("scale")
 @click.argument("count", type=click.IntRange(0, 64))
-@_state_dir_option()
+@state_dir_option()
 def scale(count: int, state_dir: Path) -> None:
     """Grow or shrink the running consumers to COUNT, live."""
     from infra.scaling import scale_consumers  # noqa: PLC0415
 
-    scale_consumers(state_dir, count, _say)
+    scale_consumers(state_dir, count, _say, _warn)
 
 
 @main.command()
@@ -302,88 +383,9 @@ def demo(buyers: int, stock: int, consumer_count: int) -> None:
     """Run a flash sale end to end on a fresh embedded stack, then check the invariants."""
     from infra.demo import run_demo  # noqa: PLC0415
 
-    ok = run_demo(buyers=buyers, stock=stock, consumers=consumer_count, console=Console())
+    ok = run_demo(buyers=buyers, stock=stock, consumers=consumer_count, console=_out())
     sys.exit(0 if ok else 1)
 
-
-@main.command()
-@click.option(
-    "--duration",
-    type=click.FloatRange(1, 86400),
-    default=30.0,
-    show_default=True,
-    envvar="FLASHSALE_CHAOS_DURATION",
-    show_envvar=True,
-    help="Seconds of buying while faults are injected.",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=None,
-    envvar="FLASHSALE_CHAOS_SEED",
-    show_envvar=True,
-    help="Seed of the fault schedule and the workload (default: random, printed for replay).",
-)
-@click.option(
-    "--items",
-    type=click.IntRange(1, 100_000),
-    default=CHAOS_ITEMS,
-    show_default=True,
-    envvar="FLASHSALE_CHAOS_ITEMS",
-    show_envvar=True,
-    help="Items on sale, with skewed (Zipf-like) popularity.",
-)
-@click.option(
-    "--rate",
-    type=click.FloatRange(0.1, 1000),
-    default=CHAOS_BUYERS_PER_S,
-    show_default=True,
-    envvar="FLASHSALE_CHAOS_RATE",
-    show_envvar=True,
-    help="New buyers per second (each retries, polls, maybe re-sends its key).",
-)
-@click.option(
-    "--faults",
-    default=",".join(CHAOS_FAULTS),
-    show_default=True,
-    envvar="FLASHSALE_CHAOS_FAULTS",
-    show_envvar=True,
-    help="Comma-separated fault kinds the schedule may pick from.",
-)
-@_state_dir_option()
-def chaos(
-    duration: float, seed: int | None, items: int, rate: float, faults: str, state_dir: Path
-) -> None:
-    """Run a sale on a fresh stack under a random schedule of faults, then check invariants.
-
-    Faults: kill -9 and SIGSTOP (past the session timeout) of a consumer or a
-    gateway, broker restart (its log is lost), Redis restart (its data is lost),
-    Postgres restart, a consumer added or removed, the whole stack down and up
-    (Postgres data kept). Every client operation and fault window is written to
-    a history under STATE_DIR/chaos/; the checker reads it and Postgres and
-    names every violation. Exit 1 when an invariant broke; the schedule is
-    printed first, so a run can be replayed with the same seed.
-    """
-    from infra.chaos import ChaosOptions, run_chaos  # noqa: PLC0415
-
-    kinds = tuple(kind.strip() for kind in faults.split(",") if kind.strip())
-    unknown = sorted(set(kinds) - set(CHAOS_FAULTS))
-    if unknown:
-        raise click.BadParameter(f"unknown fault kinds {unknown}", param_hint="--faults")
-    options = ChaosOptions(
-        duration_s=duration,
-        seed=seed if seed is not None else secrets.randbelow(1_000_000),
-        state_dir=state_dir,
-        items=items,
-        buyers_per_s=rate,
-        faults=kinds,
-    )
-    sys.exit(0 if run_chaos(options, Console()) else 1)
-
-
-main.add_command(loadtest)
-main.add_command(bench)
-main.add_command(events)
 
 if __name__ == "__main__":
     main()

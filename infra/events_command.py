@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from infra.cli_options import state_dir_option
 from infra.stackfile import StackFile
 from services.eventlog import EventReader
 from services.settings import Settings
@@ -26,15 +27,7 @@ def events() -> None:
 @click.option("--from-beginning", is_flag=True, help="Print the topic's events from its start.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many events.")
 @click.option("--item", "item_id", default=None, help="Only the events of this item.")
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    default=Path(".flashsale"),
-    envvar="FLASHSALE_STATE_DIR",
-    show_envvar=True,
-    show_default=True,
-    help="Folder of the running stack's stack.json (its broker address).",
-)
+@state_dir_option()
 def tail(from_beginning: bool, count: int | None, item_id: str | None, state_dir: Path) -> None:
     """Print events as they come (FLASHSALE_EVENTS_TOPIC, default purchase-events).
 

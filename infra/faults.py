@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from infra.embedded.proc import kill_pid, pid_alive, terminate_pid
+from infra.netlab import NetLab
 from infra.processes import start_gateway
 from infra.stack import EmbeddedStack
 from services.errors import ServiceStartError, UnavailableError
@@ -32,6 +33,13 @@ FAULTS = (
     "add_consumer",
     "remove_consumer",
     "restart_stack",
+    "partition_consumer_broker",
+    "partition_consumer_postgres",
+    "slow_consumer",
+)
+# Faults that need the network lab (infra/netlab.py): root and iproute2.
+NETWORK_FAULTS = frozenset(
+    {"partition_consumer_broker", "partition_consumer_postgres", "slow_consumer"}
 )
 # Leaving the group cleanly takes a batch and a rebalance (as `consumers scale`).
 CONSUMER_STOP_GRACE_S = 15.0
@@ -63,6 +71,35 @@ class FaultInjector:
     def pause_consumer(self, name: str, seconds: float) -> None:
         """SIGSTOP past the session timeout (the GC pause of the lock articles), then SIGCONT."""
         _pause(self.stack.consumer_pids[name], f"consumer {name}", seconds)
+
+    def partition_consumer(self, name: str, service: str, seconds: float) -> None:
+        """Cut one consumer off from `service` (the others still reach it), then heal.
+
+        Cut from the broker, it drops out of the group while it can still write
+        to Postgres: a zombie that only the lease's fence stops. Cut from
+        Postgres, it keeps its partitions in the group and cannot apply them.
+        """
+        lab = self._lab()
+        lab.cut(name, service)
+        log.info("cut consumer %s off from %s for %.1fs", name, service, seconds)
+        try:
+            time.sleep(seconds)
+        finally:
+            lab.heal(name, service)
+
+    def slow_consumer(self, name: str, seconds: float) -> None:
+        """Everything one consumer sends goes through a thin pipe for a while."""
+        lab = self._lab()
+        lab.slow(name)
+        try:
+            time.sleep(seconds)
+        finally:
+            lab.unslow(name)
+
+    def _lab(self) -> NetLab:
+        if self.stack.netlab is None:
+            raise ServiceStartError("network faults need the network lab (run as root)")
+        return self.stack.netlab
 
     def add_consumer(self) -> str:
         name = f"consumer-x{time.monotonic_ns() % 100000}"

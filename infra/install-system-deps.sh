@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the embedded stack runs on, only where missing:
-# PostgreSQL 15 (initdb, pg_ctl) and redis-server / redis-cli.
+# PostgreSQL 15 (initdb, pg_ctl) and redis-server / redis-cli; docker-compose
+# for the check of the deploy files.
 set -euo pipefail
 
 missing=()
@@ -8,6 +9,10 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# `make test` checks infra/deploy/compose.yaml with `compose config` (no daemon needed).
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  missing+=(docker-compose)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -1,6 +1,6 @@
 """`flashsale loadtest`: a Locust scenario against the running stack, then the invariant check.
 
-Registered in `infra.cli` with `main.add_command(loadtest)`; runs on its own too.
+Registered in `infra.cli` (LAZY_COMMANDS: imported only when run); runs on its own too.
 Progress goes to stderr, the summary table to stdout.
 """
 

@@ -18,7 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from infra.faults import FAULTS, FaultInjector
+from infra.faults import FAULTS, NETWORK_FAULTS, FaultInjector
+from infra.netlab import SLOW_RATE
 from loadtests.history import FaultWindow, HistoryWriter
 from services.errors import FlashsaleError
 
@@ -32,6 +33,9 @@ MEAN_GAP_S = 6.0
 HEAL_BOUND_S = 30.0
 MAX_CONSUMERS = 5
 MIN_CONSUMERS = 1
+CONSUMER_FAULTS = frozenset(
+    {"kill_consumer", "pause_consumer", "remove_consumer"} | set(NETWORK_FAULTS)
+)
 DATA_LOSING = frozenset({"restart_broker", "restart_redis", "restart_stack"})
 # A whole-stack restart takes long; it comes up less often than the others.
 WEIGHTS = {fault: 1.0 for fault in FAULTS} | {"restart_stack": 0.5}
@@ -116,7 +120,7 @@ class Nemesis:
             fault = "remove_consumer"
         if fault == "remove_consumer" and len(consumers) <= MIN_CONSUMERS:
             fault = "add_consumer"
-        if fault in ("kill_consumer", "pause_consumer", "remove_consumer"):
+        if fault in CONSUMER_FAULTS:
             return self._consumer_fault(fault, self.rng.choice(consumers))
         if fault in ("kill_gateway", "pause_gateway"):
             return self._gateway_fault(fault, self.rng.randrange(self.faults.gateway_count()))
@@ -134,6 +138,15 @@ class Nemesis:
         if fault == "remove_consumer":
             self.faults.remove_consumer(name)
             return f"scaled down: stopped {name}"
+        if fault == "partition_consumer_broker":
+            self.faults.partition_consumer(name, "broker", PAUSE_S)
+            return f"cut {name} off from the broker (not Postgres) for {PAUSE_S:.0f}s"
+        if fault == "partition_consumer_postgres":
+            self.faults.partition_consumer(name, "postgres", PAUSE_S)
+            return f"cut {name} off from Postgres (not the broker) for {PAUSE_S:.0f}s"
+        if fault == "slow_consumer":
+            self.faults.slow_consumer(name, PAUSE_S)
+            return f"squeezed {name}'s link to {SLOW_RATE} for {PAUSE_S:.0f}s"
         self.faults.pause_consumer(name, PAUSE_S)
         return f"SIGSTOP {name} for {PAUSE_S:.0f}s, then SIGCONT"
 

@@ -6,9 +6,10 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from infra.embedded.proc import log_tail, pid_alive, spawn, wait_until
+from infra.embedded.proc import log_tail, spawn, wait_until
 from services.errors import ServiceStartError
 from services.settings import Settings
 
@@ -23,9 +24,18 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_gateway(settings: Settings, log_dir: Path, index: int = 0) -> int:
+def start_gateway(
+    settings: Settings,
+    log_dir: Path,
+    index: int = 0,
+    on_spawn: Callable[[int], None] | None = None,
+) -> int:
+    """Start a gateway and wait until it is ready; `on_spawn` learns its pid before
+    the wait, so a caller interrupted meanwhile can still stop it."""
     log = log_dir / f"gateway-{index}.log"
     process = spawn([sys.executable, "-m", "gateway"], log, child_env(settings))
+    if on_spawn is not None:
+        on_spawn(process.pid)
     url = f"http://{settings.gateway_host}:{settings.gateway_port}/readyz"
     wait_until(
         lambda: _http_ok(url),
@@ -37,10 +47,13 @@ def start_gateway(settings: Settings, log_dir: Path, index: int = 0) -> int:
     return process.pid
 
 
-def start_consumer(settings: Settings, log_dir: Path, name: str) -> int:
+def start_consumer(settings: Settings, log_dir: Path, name: str, prefix: Sequence[str] = ()) -> int:
+    """`prefix` runs it elsewhere (`ip netns exec NS`), as the same pid."""
     log = log_dir / f"{name}.log"
     process = spawn(
-        [sys.executable, "-m", "consumers"], log, child_env(settings, FLASHSALE_CONSUMER_NAME=name)
+        [*prefix, sys.executable, "-m", "consumers"],
+        log,
+        child_env(settings, FLASHSALE_CONSUMER_NAME=name),
     )
     if process.poll() is not None:
         raise ServiceStartError(f"consumer {name} exited at once:\n{log_tail(log)}")
@@ -53,7 +66,3 @@ def _http_ok(url: str) -> bool:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def alive(pids: list[int]) -> list[int]:
-    return [pid for pid in pids if pid_alive(pid)]

@@ -12,21 +12,30 @@ from pathlib import Path
 
 from infra.embedded.broker import EmbeddedBroker
 from infra.embedded.postgres import EmbeddedPostgres
-from infra.embedded.proc import free_port, pid_alive, port_is_free, terminate_pid
+from infra.embedded.proc import (
+    STOP_GRACE_S,
+    free_port,
+    port_is_free,
+    process_identity,
+    terminate_pid,
+)
 from infra.embedded.redis import EmbeddedRedis
-from infra.processes import alive, start_consumer, start_gateway
+from infra.netlab import NetLab
+from infra.processes import start_consumer, start_gateway
 from infra.stackfile import StackFile, StackPids
 from infra.statesecrets import stack_secrets
-from services.errors import ServiceStartError
+from services.errors import ServiceStartError, UnavailableError
 from services.resources import open_core
 from services.settings import Settings
-from services.store.leases import ensure_leases, list_leases
-from services.topics import ensure_topic
+from services.store.leases import ensure_leases, list_leases, release_leases_beyond
+from services.topics import ensure_topic, partition_count
 
 log = logging.getLogger(__name__)
 
 CONSUMERS_READY_TIMEOUT_S = 90.0
 Progress = Callable[[str], None]
+# Per-process settings that are not the stack's.
+_PROCESS_SETTINGS = ("FLASHSALE_CONSUMER_NAME", "FLASHSALE_FAILPOINT")
 
 
 def _quiet(_: str) -> None:
@@ -40,6 +49,8 @@ class EmbeddedStack:
     state_dir: Path
     settings: Settings
     redis_cluster: bool = False
+    # With a network lab (chaos' partition faults), each consumer gets a namespace.
+    netlab: NetLab | None = None
     postgres: EmbeddedPostgres = field(init=False)
     redis: EmbeddedRedis = field(init=False)
     broker: EmbeddedBroker = field(init=False)
@@ -50,11 +61,20 @@ class EmbeddedStack:
         self.state_dir = self.state_dir.resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o755)
+        lab = self.netlab
         self.postgres = EmbeddedPostgres(
-            self.state_dir / "postgres", fsync=self.settings.postgres_fsync
+            self.state_dir / "postgres",
+            fsync=self.settings.postgres_fsync,
+            extra_address=lab.address("postgres") if lab else None,
         )
-        self.redis = EmbeddedRedis(self.state_dir / "redis", cluster=self.redis_cluster)
+        self.redis = EmbeddedRedis(
+            self.state_dir / "redis",
+            cluster=self.redis_cluster,
+            extra_address=lab.address("redis") if lab else None,
+        )
         self.broker = EmbeddedBroker(self.state_dir / "kafka")
+        if lab:
+            self.broker.host = lab.address("broker")
 
     @property
     def log_dir(self) -> Path:
@@ -92,18 +112,41 @@ class EmbeddedStack:
         progress(f"starting {gateways} gateway(s)")
         for index in range(gateways):
             # Gateways share the port (SO_REUSEPORT): the kernel spreads connections.
-            self.gateway_pids.append(start_gateway(self.settings, self.log_dir, index))
+            start_gateway(self.settings, self.log_dir, index, on_spawn=self.gateway_pids.append)
         if consumers:
             progress("waiting for consumers to own every partition")
             wait_for_consumers(self.settings, list(self.consumer_pids))
 
     def add_consumer(self, name: str, failpoint: str = "") -> int:
         """Start one more consumer; `failpoint` (tests only) makes it die at that step."""
-        pid = start_consumer(self.settings.replace(failpoint=failpoint), self.log_dir, name)
+        settings = self.settings.replace(failpoint=failpoint)
+        prefix: list[str] = []
+        if self.netlab is not None:
+            prefix = self.netlab.exec_prefix(self.netlab.namespace_for(name))
+            settings = self._as_guest(settings, self.netlab)
+        pid = start_consumer(settings, self.log_dir, name, prefix)
         self.consumer_pids[name] = pid
         return pid
 
+    @staticmethod
+    def _as_guest(settings: Settings, lab: NetLab) -> Settings:
+        """Loopback inside a namespace is its own: reach the services on the bridge."""
+        return settings.replace(
+            database_url=settings.database_url.replace(
+                "@127.0.0.1:", f"@{lab.address('postgres')}:"
+            ),
+            redis_url=settings.redis_url.replace("//127.0.0.1:", f"//{lab.address('redis')}:"),
+        )
+
     def stack_file(self) -> StackFile:
+        pids = StackPids(
+            gateway=list(self.gateway_pids),
+            consumers=list(self.consumer_pids.values()),
+            postgres=self.postgres.pid(),
+            redis=self.redis.pids,
+            kafka=self.broker.pid,
+        )
+        env = {k: v for k, v in self.settings.as_env().items() if k not in _PROCESS_SETTINGS}
         return StackFile(
             gateway_url=f"http://{self.settings.gateway_host}:{self.settings.gateway_port}",
             admin_token=self.settings.admin_token,
@@ -117,13 +160,9 @@ class EmbeddedStack:
             kafka_port=self.broker.port,
             gateway_port=self.settings.gateway_port,
             consumer_names=list(self.consumer_pids),
-            pids=StackPids(
-                gateway=list(self.gateway_pids),
-                consumers=list(self.consumer_pids.values()),
-                postgres=self.postgres.pid(),
-                redis=self.redis.pids,
-                kafka=self.broker.pid,
-            ),
+            pids=pids,
+            settings_env=env,
+            identities=identities(pids.all()),
         )
 
     def stop(self, progress: Progress = _quiet) -> None:
@@ -139,9 +178,19 @@ class EmbeddedStack:
         self.postgres.stop()
 
 
+def identities(pids: list[int]) -> dict[str, str]:
+    """pid -> process identity, for the pids still running."""
+    found = {str(pid): process_identity(pid) for pid in pids}
+    return {pid: identity for pid, identity in found.items() if identity is not None}
+
+
 async def _prepare(settings: Settings) -> None:
     async with open_core(settings, run_migrations=True) as core:
         await ensure_leases(core.pool, settings.topic, settings.partitions)
+        # Rows of partitions this topic no longer has (a state folder that ran
+        # more partitions) keep owners that no longer exist: nobody will take
+        # them, so readiness must not wait for them and status must not show them.
+        await release_leases_beyond(core.pool, settings.topic, settings.partitions)
     await ensure_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
     await ensure_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)
 
@@ -155,11 +204,14 @@ def wait_for_consumers(
 
 async def _wait_for_owners(settings: Settings, names: set[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
+    # Only the partitions the topic has: rows beyond them (a state folder that ran
+    # more partitions, a broker that re-created the topic) are history.
+    partitions = await topic_partitions(settings)
     async with open_core(settings) as core:
         while time.monotonic() < deadline:
-            leases = await list_leases(core.pool, settings.topic)
+            leases = await list_leases(core.pool, settings.topic, partitions)
             owners = {lease.owner for lease in leases}
-            if leases and owners <= names and len(leases) >= settings.partitions:
+            if leases and owners <= names and len(leases) >= partitions:
                 return
             await asyncio.sleep(0.2)
     raise ServiceStartError(
@@ -168,20 +220,46 @@ async def _wait_for_owners(settings: Settings, names: set[str], timeout_s: float
     )
 
 
+async def topic_partitions(settings: Settings) -> int:
+    """The partitions the broker has for the topic now (the settings' count if it cannot say)."""
+    try:
+        found = await partition_count(settings.kafka_bootstrap, settings.topic)
+    except UnavailableError:
+        found = None
+    return found or settings.partitions
+
+
 def stop_from_file(state_dir: Path, stack: StackFile, progress: Progress = _quiet) -> list[int]:
-    """Stop what `up --detach` started; returns pids that were still alive after stopping."""
+    """Stop what `up --detach` started; returns pids that were still alive after stopping.
+
+    Only pids that are still the process that was started are signalled: after a
+    reboot or a crash, a pid in stack.json may belong to anything.
+    """
     progress("stopping gateway and consumers")
     for pid in [*stack.pids.gateway, *stack.pids.consumers]:
-        terminate_pid(pid, grace_s=10)
+        _terminate_ours(stack, pid, progress, grace_s=10)
     progress("stopping broker and redis")
     for pid in [*([stack.pids.kafka] if stack.pids.kafka else []), *stack.pids.redis]:
-        terminate_pid(pid)
+        _terminate_ours(stack, pid, progress)
     progress("stopping postgres")
     EmbeddedPostgres(state_dir / "postgres", port=stack.postgres_port).stop()
-    if stack.supervisor_pid and stack.supervisor_pid != 0:
-        terminate_pid(stack.supervisor_pid)
-    return alive(stack.pids.all())
+    if stack.supervisor_pid:
+        _terminate_ours(stack, stack.supervisor_pid, progress)
+    return [pid for pid in stack.pids.all() if stack.is_ours(pid)]
+
+
+def _terminate_ours(
+    stack: StackFile, pid: int, progress: Progress, grace_s: float = STOP_GRACE_S
+) -> None:
+    if stack.is_ours(pid):
+        terminate_pid(pid, grace_s=grace_s)
+    elif (now := process_identity(pid)) is not None:
+        was = (stack.identity(pid) or " ?").split(" ", 1)[1]
+        progress(
+            f"pid {pid} is no longer the process the stack started ({was}); "
+            f"now {now.split(' ', 1)[1]}: left alone"
+        )
 
 
 def stack_is_running(stack: StackFile) -> bool:
-    return any(pid_alive(pid) for pid in stack.pids.all())
+    return any(stack.is_ours(pid) for pid in stack.pids.all())

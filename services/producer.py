@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError
 from services.errors import UnavailableError
 from services.schema import PurchaseMessage
 from services.settings import Settings
+from services.tracing import NO_TRACING, Tracing
 
 PRODUCE_TIMEOUT_S = 5.0
 LINGER_MS = 2
@@ -22,9 +23,12 @@ METADATA_MAX_AGE_MS = 5_000
 
 
 class PurchaseProducer:
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, tracing: Tracing = NO_TRACING
+    ) -> None:
         self._producer = producer
         self.topic = topic
+        self.tracing = tracing
 
     async def publish(self, message: PurchaseMessage) -> tuple[int, int]:
         """Send and wait for the broker's ack: (partition, offset). UnavailableError on failure.
@@ -32,10 +36,37 @@ class PurchaseProducer:
         Each caller awaits its own delivery, so thousands of requests share one
         pipelined producer instead of queueing behind one `send_and_wait`.
         """
+        if self.tracing.enabled:
+            return await self._traced_publish(message)
+        return await self._publish(message, None)
+
+    async def _traced_publish(self, message: PurchaseMessage) -> tuple[int, int]:
+        """A producer span; its context travels in the record's headers."""
+        from opentelemetry.trace import SpanKind  # noqa: PLC0415
+
+        assert self.tracing.tracer is not None
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": self.topic,
+            "messaging.operation.type": "send",
+            "flashsale.purchase_id": message.purchase_id,
+            "flashsale.item_id": message.item_id,
+        }
+        with self.tracing.tracer.start_as_current_span(
+            f"{self.topic} publish", kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            partition, offset = await self._publish(message, self.tracing.headers())
+            span.set_attribute("messaging.destination.partition.id", str(partition))
+            span.set_attribute("messaging.kafka.offset", offset)
+            return partition, offset
+
+    async def _publish(
+        self, message: PurchaseMessage, headers: list[tuple[str, bytes]] | None
+    ) -> tuple[int, int]:
         try:
             async with asyncio.timeout(PRODUCE_TIMEOUT_S):
                 delivery = await self._producer.send(
-                    self.topic, message.encode(), key=message.item_id.encode()
+                    self.topic, message.encode(), key=message.item_id.encode(), headers=headers
                 )
                 metadata = await delivery
         except (KafkaError, OSError, TimeoutError) as exc:
@@ -52,7 +83,9 @@ class PurchaseProducer:
 
 
 @contextlib.asynccontextmanager
-async def open_producer(settings: Settings) -> AsyncIterator[PurchaseProducer]:
+async def open_producer(
+    settings: Settings, tracing: Tracing = NO_TRACING
+) -> AsyncIterator[PurchaseProducer]:
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
@@ -69,6 +102,6 @@ async def open_producer(settings: Settings) -> AsyncIterator[PurchaseProducer]:
         await producer.stop()
         raise UnavailableError(f"kafka unavailable at {settings.kafka_bootstrap}: {exc!r}") from exc
     try:
-        yield PurchaseProducer(producer, settings.topic)
+        yield PurchaseProducer(producer, settings.topic, tracing)
     finally:
         await producer.stop()

@@ -34,6 +34,8 @@ IDLE_PASSES = 3
 REPUBLISH_MEMORY_S = 600.0
 # Items looked at per pass: bounds a pass however many items are selling.
 ITEMS_PER_PASS = 500
+# Item ids named in the info line of a pass; all of them go to debug.
+REBUILT_IDS_SHOWN = 3
 
 
 @dataclass
@@ -46,6 +48,20 @@ class ReconcileReport:
 
     def __bool__(self) -> bool:
         return bool(self.settled or self.republished or self.rebuilt)
+
+    def summary(self) -> str:
+        """One short line whatever the number of items (their ids: `rebuilt_ids`)."""
+        shown = ", ".join(self.rebuilt[:REBUILT_IDS_SHOWN])
+        more = len(self.rebuilt) - REBUILT_IDS_SHOWN
+        rebuilt = f" ({shown}{f' and {more} more' if more > 0 else ''})" if self.rebuilt else ""
+        return (
+            f"settled {self.settled}, republished {self.republished}, "
+            f"rebuilt {len(self.rebuilt)} filter(s){rebuilt}, "
+            f"visited {self.visited}, forgotten {self.forgotten}"
+        )
+
+    def rebuilt_ids(self) -> str:
+        return " ".join(self.rebuilt)
 
     def add(self, other: ReconcileReport) -> None:
         self.settled += other.settled
@@ -262,7 +278,11 @@ class Reconciler:
         if view.missing or (may_repair and self._drift_settled(view)):
             units = await repair(self.core.stock, view, item.per_user_limit)
             report.rebuilt.append(item.item_id)
-            log.warning("stock filter of %s repaired from Postgres: %+d units", item.item_id, units)
+            # A drift is news; a filter Redis lost is one of many (the pass counts them).
+            level = logging.DEBUG if view.missing else logging.WARNING
+            log.log(
+                level, "stock filter of %s repaired from Postgres: %+d units", item.item_id, units
+            )
         elif (
             not view.messages
             and view.drift == 0

@@ -28,6 +28,7 @@ class CoreResources:
     stock: StockFilter
     idempotency: IdempotencyStore
     activity: ActiveItems
+    pipe: AutoPipeline
 
 
 @contextlib.asynccontextmanager
@@ -54,4 +55,5 @@ async def open_core(
             stock=StockFilter(redis, settings.stock_shards, pipe),
             idempotency=IdempotencyStore(redis, settings.idempotency_ttl_s, pipe),
             activity=ActiveItems(redis, pipe),
+            pipe=pipe,
         )

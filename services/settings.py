@@ -93,6 +93,10 @@ class Settings:
     rejoin_stuck_s: float = REJOIN_STUCK_S
     consumer_group: str = "flashsale-consumers"
     consumer_name: str = ""
+    # A consumer serves GET /metrics here; port 0 (the default) serves none, so the
+    # several consumers `flashsale up` starts on one host do not fight over a port.
+    consumer_metrics_host: str = "127.0.0.1"
+    consumer_metrics_port: int = 0
     state_dir: Path = field(default_factory=lambda: Path(".flashsale"))
     postgres_fsync: bool = True
     # Test-only: exit as kill -9 would at this named step (design.md, "Crash points").

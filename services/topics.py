@@ -53,3 +53,25 @@ async def end_offsets(bootstrap: str, topic: str, partitions: list[int]) -> dict
     finally:
         with contextlib.suppress(KafkaError):
             await consumer.stop()
+
+
+async def partition_count(bootstrap: str, topic: str) -> int | None:
+    """How many partitions the broker has for `topic` now; None when it has no such topic.
+
+    A broker that lost its log re-creates the topic, maybe with fewer partitions
+    than the settings say."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=ADMIN_TIMEOUT_MS
+    )
+    try:
+        await consumer.start()
+        # All topics' metadata: asking for one topic by name makes the embedded
+        # broker create it when missing.
+        cluster = await consumer._client.fetch_all_metadata()
+        found = cluster.partitions_for_topic(topic)
+        return None if not found else len(found)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise UnavailableError(f"kafka unavailable: {exc!r}") from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()

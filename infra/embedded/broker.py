@@ -37,12 +37,15 @@ def tansu_binary() -> Path:
 class EmbeddedBroker:
     root: Path
     port: int = 0
+    # The network lab's address for the broker: it can advertise only one, so
+    # with a lab every client, inside a namespace or not, is sent there.
+    host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pid: int | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -53,7 +56,7 @@ class EmbeddedBroker:
             self.port = free_port()
         binary = require_binary(tansu_binary(), INSTALL_HINT)
         require_free_port(self.port, "broker")
-        listener = f"tcp://127.0.0.1:{self.port}"
+        listener = f"tcp://{self.host}:{self.port}"
         # Without the advertised URL, clients are sent to port 9092 and fail.
         self.process = spawn(
             [
@@ -70,7 +73,7 @@ class EmbeddedBroker:
         )
         self.pid = self.process.pid
         wait_until(
-            lambda: port_answers(self.port),
+            lambda: port_answers(self.port, self.host),
             f"broker on port {self.port}",
             self.log_path,
             alive=lambda: self.process is not None and self.process.poll() is None,

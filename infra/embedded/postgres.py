@@ -48,6 +48,8 @@ class EmbeddedPostgres:
     root: Path
     port: int = 0
     fsync: bool = True
+    # A second address to listen on (the network lab's), reachable from namespaces.
+    extra_address: str | None = None
     bin_dir: Path = field(default_factory=pg_bin_dir)
 
     def __post_init__(self) -> None:
@@ -125,10 +127,11 @@ class EmbeddedPostgres:
         if os.geteuid() == 0:
             entry = pwd.getpwnam(SERVICE_USER)
             os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
+        self._trust_extra_network()
         options = " ".join(
             [
                 f"-p {self.port}",
-                "-c listen_addresses=127.0.0.1",
+                f"-c listen_addresses={self._listen_addresses()}",
                 f"-c unix_socket_directories={self.data_dir}",
                 f"-c fsync={'on' if self.fsync else 'off'}",
                 # Commits stay synchronous even in tests: a crashed server must not
@@ -160,6 +163,20 @@ class EmbeddedPostgres:
             )
         wait_until(lambda: port_answers(self.port), f"postgres on port {self.port}", self.log_path)
         self._create_database()
+
+    def _listen_addresses(self) -> str:
+        return ",".join(["127.0.0.1", *([self.extra_address] if self.extra_address else [])])
+
+    def _trust_extra_network(self) -> None:
+        """initdb trusts loopback only; the lab's namespaces connect from its /24."""
+        if not self.extra_address:
+            return
+        network = self.extra_address.rsplit(".", 1)[0] + ".0/24"
+        line = f"host all all {network} trust"
+        hba = self.data_dir / "pg_hba.conf"
+        if line not in hba.read_text().splitlines():
+            with hba.open("a") as out:
+                out.write(line + "\n")
 
     def _create_database(self) -> None:
         psql = str(self.bin_dir / "psql") if (self.bin_dir / "psql").exists() else "psql"

@@ -44,9 +44,9 @@ def require_free_port(port: int, what: str) -> None:
         raise ServiceStartError(f"{what}: port {port} on 127.0.0.1 is busy")
 
 
-def port_answers(port: int) -> bool:
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -149,3 +149,32 @@ def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subp
             env=env,
             start_new_session=True,
         )
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells this process from a later one given the same pid: `BOOT:START COMMAND`.
+
+    None when the process is gone. `/proc/PID/stat` field 22 is the start time in
+    clock ticks since boot: no two processes of one boot share a pid and a start
+    time; the boot id extends that across reboots. The command line is kept for
+    the operator's messages only: it changes when a process execs (`ip netns
+    exec NS python ...` becomes python under the same pid and start time).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces: split after its last ")".
+    start_ticks = stat.rsplit(")", 1)[1].split()[19]
+    command = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return f"{boot_id}:{start_ticks} {command}"
+
+
+def same_process(pid: int, identity: str | None) -> bool:
+    """Whether `pid` is still the process whose identity was recorded (and alive)."""
+    if identity is None or not pid_alive(pid):
+        return False
+    now = process_identity(pid)
+    return now is not None and now.split(" ", 1)[0] == identity.split(" ", 1)[0]

@@ -52,6 +52,7 @@ class RedisNode:
     root: Path
     port: int = 0
     cluster: bool = False
+    extra_address: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pid: int | None = None
 
@@ -70,6 +71,7 @@ class RedisNode:
             str(self.port),
             "--bind",
             "127.0.0.1",
+            *([self.extra_address] if self.extra_address else []),
             "--save",
             "",
             "--appendonly",
@@ -125,6 +127,8 @@ class EmbeddedRedis:
     root: Path
     cluster: bool = False
     nodes: list[RedisNode] = field(default_factory=list)
+    # One node only: the lab is for partition faults, which run on a single Redis.
+    extra_address: str | None = None
 
     @property
     def url(self) -> str:
@@ -137,7 +141,10 @@ class EmbeddedRedis:
     def start(self) -> None:
         if not self.nodes:
             count = CLUSTER_NODES if self.cluster else 1
-            self.nodes = [RedisNode(self.root, cluster=self.cluster) for _ in range(count)]
+            self.nodes = [
+                RedisNode(self.root, cluster=self.cluster, extra_address=self.extra_address)
+                for _ in range(count)
+            ]
         for node in self.nodes:
             node.start()
         if self.cluster:

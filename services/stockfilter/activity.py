@@ -9,6 +9,8 @@ items cost one empty scan.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,22 +38,40 @@ class ActiveItems:
     pipe: AutoPipeline
     quiet_s: float = QUIET_S
     _marked_at: dict[str, float] = field(default_factory=dict)
+    _inflight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._mark = self.redis.register_script(_lua("mark_active.lua"))
         self._forget = self.redis.register_script(_lua("forget_quiet.lua"))
 
     async def mark(self, item_id: str, force: bool = False) -> None:
-        """Called before a reserve: the reconciler then sees the reservation record."""
-        now = time.monotonic()
+        """Called before a reserve: the reconciler then sees the reservation record.
+
+        Requests that arrive while a mark of the item is on its way wait for that
+        one (its failure is theirs too) instead of sending hundreds more."""
         last = self._marked_at.get(item_id)
-        if not force and last is not None and now - last < MARK_EVERY_S:
+        if not force and last is not None and time.monotonic() - last < MARK_EVERY_S:
             return
+        inflight = self._inflight.get(item_id)
+        if inflight is None or force:
+            inflight = asyncio.ensure_future(self._mark_now(item_id))
+            self._inflight[item_id] = inflight
+            inflight.add_done_callback(functools.partial(self._landed, item_id))
+        await asyncio.shield(inflight)
+
+    async def _mark_now(self, item_id: str) -> None:
+        now = time.monotonic()
         async with redis_errors():
             await self.pipe.script(self._mark, [active_items_key()], [item_id])
         if len(self._marked_at) >= MEMO_MAX:
             self._marked_at.clear()
         self._marked_at[item_id] = now
+
+    def _landed(self, item_id: str, mark: asyncio.Future[None]) -> None:
+        if self._inflight.get(item_id) is mark:
+            del self._inflight[item_id]
+        if not mark.cancelled():
+            mark.exception()  # retrieved: each waiter got it already
 
     def stale_mark(self, item_id: str) -> bool:
         """The mark this gateway relies on is old enough that the reconciler may

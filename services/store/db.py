@@ -85,3 +85,8 @@ async def open_pool(
     async with database_errors():
         await pool
     return pool
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """A round trip to Postgres (readiness); raises whatever the driver raises."""
+    await pool.fetchval("SELECT 1")

@@ -73,9 +73,21 @@ async def start_log_generation(
     return LeaseGrant(row["epoch"], row["next_offset"], row["log_generation"])
 
 
-async def list_leases(pool: asyncpg.Pool, topic: str) -> list[LeaseRow]:
+async def release_leases_beyond(pool: asyncpg.Pool, topic: str, partitions: int) -> None:
+    """Forget the owners of rows for partitions >= `partitions` (the topic has fewer now).
+
+    The epoch stays: were the partition to come back, its next owner still fences
+    any old one."""
     async with database_errors():
-        rows = await pool.fetch(query("list_leases"), topic)
+        await pool.execute(query("release_leases_beyond"), topic, partitions)
+
+
+async def list_leases(
+    pool: asyncpg.Pool, topic: str, partitions: int | None = None
+) -> list[LeaseRow]:
+    """Every lease row of `topic`, or only those of its first `partitions` partitions."""
+    async with database_errors():
+        rows = await pool.fetch(query("list_leases"), topic, partitions)
     return [
         LeaseRow(
             r["kafka_partition"], r["epoch"], r["owner"], r["next_offset"], r["log_generation"]

@@ -14,10 +14,18 @@ from pathlib import Path
 
 import pytest
 
-# Seed 9 over 30 s schedules: SIGSTOP of a gateway, a consumer removed, a broker
-# restart, a consumer killed, a Redis restart (printed by the run itself).
+# Seed 9 over 30 s schedules: a broker restart, a consumer cut off from Postgres
+# (a network partition, where the machine allows one), a Postgres restart, a
+# consumer SIGSTOPped past its session timeout, a consumer added (printed by the
+# run itself).
 SEED = "9"
-SCHEDULED = ("pause_gateway", "remove_consumer", "restart_broker", "kill_consumer", "restart_redis")
+SCHEDULED = (
+    "restart_broker",
+    "partition_consumer_postgres",
+    "restart_postgres",
+    "pause_consumer",
+    "add_consumer",
+)
 CHECKED = re.compile(
     r"checked: (\d+) operations, (\d+) accepted purchases, (\d+) items,"
     r" (\d+) faults, (\d+) violations"

@@ -17,6 +17,9 @@ import pytest
 from gateway.ratelimit import USER, open_rate_limits
 from services.errors import UnavailableError
 from services.settings import Settings
+from services.stockfilter.autopipe import AutoPipeline
+from services.stockfilter.client import close_redis, open_redis
+from services.stockfilter.idempotency import IdempotencyStore
 from services.store.db import open_pool
 from services.store.items import get_item
 
@@ -71,3 +74,18 @@ async def test_a_full_pool_answers_unavailable_instead_of_waiting(settings: Sett
         assert isinstance(pool, asyncpg.Pool)
     finally:
         await pool.close()
+
+
+async def test_auto_pipeline_on_a_silent_redis_answers_unavailable(
+    settings: Settings, silent_server: int
+) -> None:
+    """The auto-pipeline reads a batch's replies under one deadline of its own."""
+    client = open_redis(f"redis://127.0.0.1:{silent_server}", cluster=False)
+    pipe = AutoPipeline(client, deadline_s=DEADLINE_S)
+    idempotency = IdempotencyStore(client, 60, pipe)
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            with pytest.raises(UnavailableError):
+                await idempotency.get("any-purchase")
+    finally:
+        await close_redis(client)

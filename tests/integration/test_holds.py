@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway import routes
 from gateway.app import create_app
 from services.errors import FencedError
+from services.reconciler import apply_item_write
 from services.resources import CoreResources
 from services.schema import PurchaseMessage
 from services.settings import Settings
@@ -125,18 +126,26 @@ async def test_an_unpaid_hold_expires_and_its_unit_is_sold_again(
     status, body, _ = await cancel(http, live, purchase_id, live.user_headers("slowpayer"))
     assert (status, body["error"]) == (409, "not_cancellable")
 
-    async def sold_again() -> bool:
+    async def sold_again() -> str | None:
         status, answer = await buy(http, live, "waiting", uuid.uuid4().hex, item_id)
         assert status in (202, 409, 429), answer
         if status != 202:
-            return False
+            return None
         final = await final_state(http, live, "waiting", str(answer["purchase_id"]))
         assert final["status"] == "confirmed"
-        return True
+        return str(answer["purchase_id"])
 
-    assert await wait_for(sold_again, timeout_s=30, interval_s=0.6)
-    assert (await get_item(core.pool, item_id)).sold == 1
+    again = await wait_for(sold_again, timeout_s=30, interval_s=0.6)
     assert (await final_state(http, live, "slowpayer", purchase_id))["status"] == "expired"
+    # The unit sold again is on hold too: it expires in its turn, and the unit is
+    # back once more (waited for, so that no later test sees it change).
+    await wait_for(lambda: _expired(http, live, "waiting", again), timeout_s=30, interval_s=0.2)
+    assert await item_counts(core.pool, item_id) == {"expired": (2, 2)}
+    await wait_for(lambda: filter_holds(core, item_id, 1), timeout_s=20)
+
+
+async def _expired(http: aiohttp.ClientSession, live: LiveStack, user: str, pid: str) -> bool:
+    return (await final_state(http, live, user, pid))["status"] == "expired"
 
 
 async def test_pay_answers_for_every_other_status(
@@ -168,12 +177,15 @@ async def test_pay_answers_for_every_other_status(
     assert (await pay(http, live, str(confirmed["purchase_id"]), {}))[0] == 401
     status, body = await pay(http, live, "p_" + "0" * 32, live.admin_headers)
     assert (status, body["error"]) == (404, "purchase_not_found")
+    # Paid, so that it does not expire during a later test.
+    assert (await pay(http, live, str(confirmed["purchase_id"]), live.admin_headers))[0] == 200
 
 
 async def test_pay_of_a_pending_purchase_is_not_final(
-    settings: Settings, core: CoreResources, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, core: CoreResources, live: LiveStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No consumer reads this gateway's topic: purchases stay pending."""
+    """No consumer reads this gateway's topic: purchases stay pending (until the
+    live consumers' reconciler republishes them to theirs)."""
     monkeypatch.setattr(routes, "CANCEL_WAIT_S", 0.5)
     item_id = await new_item(core, 5)
     lonely = settings.replace(topic=f"lonely-{secrets.token_hex(3)}")
@@ -190,6 +202,14 @@ async def test_pay_of_a_pending_purchase_is_not_final(
         assert response.status == 409 and response.headers["Retry-After"] == "1"
         assert (await response.json())["error"] == "not_final"
 
+    # The live consumers' reconciler republishes the stale reservation to their
+    # topic: the purchase is applied there (waited for, so that it lands in no
+    # other test's snapshot).
+    async def applied() -> bool:
+        return await get_purchase(core.pool, purchase_id) is not None
+
+    await wait_for(applied, timeout_s=60, interval_s=0.2)
+
 
 # The owner's decisions, driven batch by batch on a topic no consumer reads (so no
 # sweep runs there but the test's own).
@@ -197,7 +217,10 @@ async def test_pay_of_a_pending_purchase_is_not_final(
 
 async def hold_item(core: CoreResources, stock: int, hold_s: int) -> str:
     item_id = fresh_id()
-    await write_item(core.pool, item_id, stock, 1, SaleTerms(hold_s=hold_s))
+    written = await write_item(core.pool, item_id, stock, 1, SaleTerms(hold_s=hold_s))
+    # Its filter too, as an admin write does: other tests may find the item
+    # (the dashboard lists recent items) and buy it.
+    await apply_item_write(core, written)
     return item_id
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 from redis.exceptions import ResponseError
 
 from infra.embedded.redis import EmbeddedRedis
 from services.schema import PurchaseMessage
+from services.stockfilter.activity import ActiveItems
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import close_redis, open_redis
 from services.stockfilter.filter import Settlement, StockFilter
 from services.stockfilter.idempotency import IdempotencyStore, new_claim
-from services.stockfilter.keys import stock_key
+from services.stockfilter.keys import active_items_key, stock_key
 from tests.conftest import fresh_id
 
 SHARDS = 4
@@ -111,5 +113,52 @@ async def test_auto_pipeline_gives_each_caller_its_own_answer(redis_server: Embe
         )
         assert [int(r) for r in results[:50]] == list(range(50))  # type: ignore[arg-type]
         assert isinstance(results[50], ResponseError)
+    finally:
+        await close_redis(client)
+
+
+async def test_auto_pipeline_loads_scripts_redis_forgot(redis_server: EmbeddedRedis) -> None:
+    """Scripts go as bare EVALSHA (no SCRIPT EXISTS round trip per flush); after
+    Redis forgot them, the callers that met NOSCRIPT are sent again, once loaded."""
+    client = open_redis(redis_server.url, cluster=False)
+    try:
+        key = fresh_id("scripted")
+        echo = client.register_script("return ARGV[1] .. redis.call('INCR', KEYS[1])")
+        pipe = AutoPipeline(client)
+        await client.script_flush()
+        first = await asyncio.gather(*(pipe.script(echo, [key], [f"a{n}-"]) for n in range(20)))
+        await client.script_flush()
+        second = await asyncio.gather(
+            pipe.script(echo, [key], ["b-"]), pipe.get(key), return_exceptions=True
+        )
+        # Each script ran exactly once: the INCR count has no gaps and no repeats.
+        counts = sorted(int(r.decode().split("-")[1]) for r in first)
+        assert counts == list(range(1, 21))
+        assert second[0] == b"b-21"
+        assert int(second[1]) in (20, 21)  # type: ignore[arg-type]
+    finally:
+        await close_redis(client)
+
+
+async def test_concurrent_marks_of_an_item_send_one_and_all_wait_for_it(
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = open_redis(redis_server.url, cluster=False)
+    sent: list[Sequence[Any]] = []
+
+    class CountingPipe(AutoPipeline):
+        async def script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            sent.append(args)
+            return await super().script(script, keys, args)
+
+    try:
+        activity = ActiveItems(client, CountingPipe(client))
+        item_id = fresh_id("marked")
+        await asyncio.gather(*(activity.mark(item_id) for _ in range(100)))
+        assert len(sent) == 1
+        # Every caller returned after the mark landed: the item is in the set.
+        assert await client.zscore(active_items_key(), item_id) is not None
+        await activity.mark(item_id, force=True)
+        assert len(sent) == 2
     finally:
         await close_redis(client)

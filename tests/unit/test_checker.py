@@ -7,6 +7,8 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from loadtests.checker import check, final_deadline
 from loadtests.history import (
     GET,
@@ -19,6 +21,7 @@ from loadtests.history import (
     read_history,
 )
 from loadtests.pgsnapshot import REQUIRED_CONSTRAINTS, ItemRow, PurchaseRow, Snapshot
+from loadtests.stall import partition_of
 
 T0 = 1_000_000.0
 
@@ -241,3 +244,11 @@ def test_history_round_trips_through_its_file(tmp_path: Path) -> None:
     assert history.faults == writer.history.faults
     assert history.accepted() == {"p": history.ops[0].complete_s}
     assert history.ops[1].error == "client_cut_short"
+
+
+def test_the_stall_report_places_items_where_the_producer_does() -> None:
+    partitions = list(range(12))
+    for n in range(200):
+        item = f"item-{n}"
+        expected = DefaultPartitioner()(item.encode(), partitions, partitions)
+        assert partition_of(item, 12) == expected

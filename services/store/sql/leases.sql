@@ -38,5 +38,12 @@ WHERE topic = $1 AND kafka_partition = $2 AND epoch = $3
 RETURNING epoch, next_offset, log_generation;
 
 -- name: list_leases
+-- $2 NULL: every row; else only the partitions below it (the topic's count).
 SELECT kafka_partition, epoch, owner, next_offset, log_generation, updated_at
-FROM partition_leases WHERE topic = $1 ORDER BY kafka_partition;
+FROM partition_leases
+WHERE topic = $1 AND ($2::int IS NULL OR kafka_partition < $2::int)
+ORDER BY kafka_partition;
+
+-- name: release_leases_beyond
+UPDATE partition_leases SET owner = NULL, updated_at = now()
+WHERE topic = $1 AND kafka_partition >= $2 AND owner IS NOT NULL;

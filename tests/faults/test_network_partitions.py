@@ -1,0 +1,154 @@
+"""Real network partitions (infra/netlab.py): a consumer in its own network
+namespace, cut off from the broker but not from Postgres, or the reverse, while
+a sale runs. Nothing is oversold, applied twice or lost, and each cut is shown
+to be real and selective from inside the consumer's namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.faults import FaultInjector
+from infra.netlab import NetLab, NetLabUnavailable
+from infra.stack import EmbeddedStack
+from loadtests.faultcheck import check_fault_run
+from loadtests.traffic import run_traffic
+from services.resources import open_core
+from services.store.leases import list_leases
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack, fault_settings
+
+CUT_S = 12.0  # twice the session timeout of fault_settings()
+
+
+@pytest.fixture
+def lab_stack() -> Iterator[FaultStack]:
+    try:
+        lab = NetLab.create()
+    except NetLabUnavailable as exc:
+        pytest.skip(f"no network lab on this machine: {exc}")
+    root = Path(tempfile.mkdtemp(prefix="flashsale-netlab-"))
+    root.chmod(0o755)
+    stack = EmbeddedStack(root, fault_settings(), netlab=lab)
+    try:
+        stack.start_services()
+        stack.start_processes(consumers=2)
+        yield FaultStack(stack, FaultInjector(stack))
+    finally:
+        stack.stop()
+        lab.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def reaches(stack: EmbeddedStack, guest: str, service: str) -> bool:
+    """A TCP connect from inside the guest's namespace, within a second."""
+    return await asyncio.to_thread(_reaches, stack, guest, service)
+
+
+def _reaches(stack: EmbeddedStack, guest: str, service: str) -> bool:
+    assert stack.netlab is not None
+    ports = {"broker": stack.broker.port, "postgres": stack.postgres.port}
+    probe = (
+        "import socket,sys\n"
+        f"socket.create_connection(({stack.netlab.address(service)!r}, {ports[service]}), 1)"
+    )
+    namespace = stack.netlab.guests[guest]
+    result = subprocess.run(
+        [*stack.netlab.exec_prefix(namespace), sys.executable, "-c", probe],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+async def owners(stack: EmbeddedStack) -> set[str | None]:
+    async with open_core(stack.settings) as core:
+        return {lease.owner for lease in await list_leases(core.pool, stack.settings.topic)}
+
+
+async def _sale_with_cut(
+    lab_stack: FaultStack, victim: str, service: str, during_cut: Callable[[], Awaitable[None]]
+) -> None:
+    stack = lab_stack.stack
+    items = await lab_stack.create_items()
+    traffic = asyncio.create_task(
+        run_traffic(lab_stack.target, items, duration_s=24, rate_per_s=40, seed=5)
+    )
+    await asyncio.sleep(2)
+    cut = asyncio.create_task(
+        asyncio.to_thread(lab_stack.faults.partition_consumer, victim, service, CUT_S)
+    )
+
+    async def cut_off() -> bool:
+        return not await reaches(stack, victim, service)
+
+    await wait_for(cut_off, timeout_s=5, interval_s=0.2)
+    other = "postgres" if service == "broker" else "broker"
+    assert await reaches(stack, victim, other), f"the cut from {service} also cut {other}"
+    await during_cut()
+    await cut
+    assert await reaches(stack, victim, service), "the cut did not heal"
+    outcome = await traffic
+    report = await check_fault_run(
+        stack.settings.database_url, items, outcome.accepted, outcome.inconsistent_ids
+    )
+    assert outcome.accepted, outcome.statuses
+    assert report.ok, report.all_violations
+
+
+async def test_consumer_cut_off_from_the_broker_is_fenced_not_obeyed(
+    lab_stack: FaultStack,
+) -> None:
+    """The zombie of the articles: out of the group, still able to write to the
+    database. The survivor takes its partitions; the zombie's writes are fenced."""
+    stack = lab_stack.stack
+    victim, survivor = lab_stack.faults.consumer_names()
+
+    async def survivor_takes_over() -> None:
+        async def only_survivor() -> bool:
+            return await owners(stack) == {survivor}
+
+        await wait_for(only_survivor, timeout_s=CUT_S + 5, interval_s=0.5)
+
+    await _sale_with_cut(lab_stack, victim, "broker", survivor_takes_over)
+
+
+async def test_consumer_cut_off_from_postgres_loses_nothing(lab_stack: FaultStack) -> None:
+    """The reverse: still in the group, unable to apply; its partitions wait or
+    move, and every purchase is applied once after the network heals."""
+    victim, _ = lab_stack.faults.consumer_names()
+
+    async def nothing() -> None:
+        return None
+
+    await _sale_with_cut(lab_stack, victim, "postgres", nothing)
+
+
+def test_a_new_lab_clears_what_a_dead_lab_left() -> None:
+    """A chaos run killed mid-way leaves namespaces behind; the next lab that
+    takes the same bridge index removes them instead of failing on them."""
+    try:
+        dead = NetLab.create()
+    except NetLabUnavailable as exc:
+        pytest.skip(f"no network lab on this machine: {exc}")
+    left = dead.namespace_for("left-behind")
+    subprocess.run(["ip", "link", "del", dead.bridge], check=True, timeout=10)
+    fresh = NetLab.create()
+    try:
+        if fresh.index == dead.index:
+            assert fresh.namespace_for("again") == left  # reused, not "File exists"
+        listed = subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
+        assert listed.count(left) <= (1 if fresh.index == dead.index else 0)
+    finally:
+        fresh.destroy()
+        dead.destroy()
