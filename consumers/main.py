@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from consumers.metrics import ConsumerMetrics, metrics_server
+from consumers.relay import RELAY_BATCH, RELAY_IDLE_S, EventRelay, open_event_producer
 from consumers.worker import (
     ConsumerStats,
     LeaseListener,
@@ -64,6 +65,7 @@ async def prepare(settings: Settings, core: CoreResources) -> None:
     while True:
         try:
             await ensure_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
+            await ensure_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)
             await ensure_leases(core.pool, settings.topic, settings.partitions)
             return
         except UnavailableError as exc:
@@ -165,6 +167,43 @@ def count_repairs(metrics: ConsumerMetrics, report: ReconcileReport) -> None:
     metrics.repairs.labels("rebuilt").inc(len(report.rebuilt))
 
 
+RELAY_BACKOFF_MAX_S = 5.0
+
+
+async def relay_forever(
+    settings: Settings,
+    core: CoreResources,
+    stop: asyncio.Event,
+    owned: Callable[[], dict[int, int]],
+) -> None:
+    """Relay the outbox of the partitions this process holds until stopped.
+
+    Failures of the world (broker or Postgres away) are retried with a backoff,
+    the producer reopened when it cannot start; a bug propagates and `serve`
+    stops the process, as for the reconciler.
+    """
+    backoff_s = RELAY_IDLE_S
+    while not stop.is_set():
+        try:
+            async with open_event_producer(settings) as producer:
+                relay = EventRelay(settings, core, producer, owned)
+                while not stop.is_set():
+                    try:
+                        sent = await relay.run_once()
+                    except UnavailableError as exc:
+                        log.warning("event relay backing off %.1fs: %s", backoff_s, exc)
+                        await _wait(stop, backoff_s)
+                        backoff_s = min(backoff_s * 2, RELAY_BACKOFF_MAX_S)
+                        continue
+                    backoff_s = RELAY_IDLE_S
+                    if sent < RELAY_BATCH:
+                        await _wait(stop, RELAY_IDLE_S)
+        except UnavailableError as exc:
+            log.warning("event relay cannot start, retrying in %.1fs: %s", backoff_s, exc)
+            await _wait(stop, backoff_s)
+            backoff_s = min(backoff_s * 2, RELAY_BACKOFF_MAX_S)
+
+
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
@@ -189,6 +228,10 @@ async def serve(settings: Settings, tracing: Tracing = NO_TRACING) -> None:
         # below raises it, and the process exits non-zero instead of running on
         # without anyone republishing lost purchases.
         reconciler.add_done_callback(lambda _: stop.set())
+        relay = asyncio.create_task(
+            relay_forever(settings, core, stop, lambda: dict(worker.leases.epochs))
+        )
+        relay.add_done_callback(lambda _: stop.set())
         try:
             while not stop.is_set():
                 await consume_until_stuck(settings, worker, stop)
@@ -196,6 +239,7 @@ async def serve(settings: Settings, tracing: Tracing = NO_TRACING) -> None:
             stop.set()
             log.info("consumer %s stopping: %s", worker.name, worker.stats)
             await reconciler
+            await relay
 
 
 async def consume_until_stuck(

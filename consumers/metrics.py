@@ -72,7 +72,7 @@ class ConsumerMetrics:
             registry=r,
         )
         # Present from the start, so a dashboard shows zero rather than no data.
-        for outcome in ("confirmed", "rejected", "cancelled"):
+        for outcome in ("confirmed", "rejected", "cancelled", "paid", "expired"):
             self.purchases.labels(outcome)
         for kind in ("settled", "republished", "rebuilt"):
             self.repairs.labels(kind)

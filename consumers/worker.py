@@ -27,7 +27,8 @@ from services.stockfilter.filter import Settlement
 from services.stockfilter.returns import announce_returned
 from services.store.batch import BatchResult, Lease, apply_batch
 from services.store.db import database_errors
-from services.store.decide import REJECTED, Record, Target
+from services.store.decide import CANCELLED, EXPIRED, PAID, REJECTED, Record, Target
+from services.store.holds import due_partitions, expire_due
 from services.store.leases import (
     LeaseGrant,
     acquire_lease,
@@ -51,6 +52,10 @@ PENDING_RETRY_MAX_S = 16.0
 # the embedded broker after a restart recreated the topic under a live producer).
 LOG_CHECK_ATTEMPTS = 3
 OFFSETS_TIMEOUT_S = 5.0
+# How often the owner of a partition expires its holds past pay_by: the longest an
+# expired hold's units wait before they go back on sale (a late pay does not wait:
+# its own batch expires the purchase).
+EXPIRY_SWEEP_S = 1.0
 
 
 class RejoinStuckError(FlashsaleError):
@@ -71,6 +76,8 @@ class ConsumerStats:
     confirmed: int = 0
     rejected: int = 0
     cancelled: int = 0
+    paid: int = 0
+    expired: int = 0
     fenced: int = 0
     reconciler_passes: int = 0
     reconciler_failures: int = 0
@@ -140,6 +147,7 @@ class PurchaseConsumer:
         self.unanswered: dict[TopicPartition, int] = {}
         self.unassigned_since: float | None = time.monotonic()
         self._retry_pending_at = 0.0
+        self._sweep_at = 0.0
         # The rebalance listener and the poll loop both take pending leases: one at a time.
         self._taking = asyncio.Lock()
         self.stats = ConsumerStats()
@@ -372,6 +380,9 @@ class PurchaseConsumer:
             try:
                 if self.pending and time.monotonic() >= self._retry_pending_at:
                     await self.take_pending()
+                if time.monotonic() >= self._sweep_at:
+                    self._sweep_at = time.monotonic() + EXPIRY_SWEEP_S
+                    await self.expire_holds()
                 batches = await self.kafka.getmany(
                     timeout_ms=200, max_records=self.settings.batch_max_records
                 )
@@ -434,6 +445,39 @@ class PurchaseConsumer:
         failpoint(self.settings.failpoint, "consumer.after_commit")
         await self.after_commit(tp, result)
         failpoint(self.settings.failpoint, "consumer.after_settle")
+
+    async def expire_holds(self) -> None:
+        """Expire the holds past pay_by of every partition we hold, each in a
+        transaction fenced by its lease, then put their units back on sale.
+        Between two batches of the poll loop: one writer per partition at a time."""
+        held = dict(self.leases.epochs)
+        if not held:
+            return
+        async with database_errors(), self.core.pool.acquire() as conn:
+            due = await due_partitions(conn, self.settings.topic, sorted(held))
+        for partition in sorted(due):
+            epoch = held[partition]
+            lease = Lease(self.settings.topic, partition, epoch, self.name)
+            try:
+                async with database_errors(), self.core.pool.acquire() as conn:
+                    expired = await expire_due(conn, lease)
+            except FencedError as exc:
+                self.stats.fenced += 1
+                if self.leases.epochs.get(partition) == epoch:
+                    log.warning("fenced, stop reading partition %d: %s", partition, exc)
+                    self._leased_elsewhere(TopicPartition(self.settings.topic, partition))
+                continue
+            if expired:
+                log.info("partition %d: %d hold(s) expired", partition, len(expired))
+                self._count(EXPIRED, len(expired))
+                await self.return_units(expired)
+
+    def _count(self, status: str, purchases: int) -> None:
+        """Purchases moved on from confirmed (cancelled, paid, expired)."""
+        if not purchases:
+            return
+        setattr(self.stats, status, getattr(self.stats, status) + purchases)
+        self.metrics.purchases.labels(status).inc(purchases)
 
     def _trace(
         self,
@@ -519,18 +563,19 @@ class PurchaseConsumer:
         except UnavailableError as exc:
             # The reconciler settles these later from Postgres' final states.
             log.warning("settling %d reservations failed: %s", len(settlements), exc)
-        await self.return_cancelled(result.decisions.applied_cancellations)
+        changes = result.decisions
+        for status in (CANCELLED, PAID, EXPIRED):
+            self._count(status, len(changes.applied(status)))
+        await self.return_units(changes.returned)
         # No Kafka offset commit: the offset lives in Postgres with the orders, and
         # the group coordinator's retries after a broker restart would only stall us.
 
-    async def return_cancelled(self, cancelled: list[Target]) -> None:
-        """Put cancelled purchases' units back on sale. They have no reservation
-        record left, so they go to the purchase's home shard; a missing shard, or
-        Redis failing here, is made good by the reconciler's drift repair."""
+    async def return_units(self, cancelled: list[Target]) -> None:
+        """Put cancelled or expired purchases' units back on sale. They have no
+        reservation record left, so they go to the purchase's home shard; a missing
+        shard, or Redis failing here, is made good by the reconciler's drift repair."""
         if not cancelled:
             return
-        self.stats.cancelled += len(cancelled)
-        self.metrics.purchases.labels("cancelled").inc(len(cancelled))
         stock = self.core.stock
         try:
             for target in cancelled:
@@ -544,7 +589,7 @@ class PurchaseConsumer:
                     )
             await announce_returned(self.core.redis, sorted({t.item_id for t in cancelled}))
         except UnavailableError as exc:
-            log.warning("returning %d cancelled purchase(s) failed: %s", len(cancelled), exc)
+            log.warning("returning %d purchase(s) units failed: %s", len(cancelled), exc)
 
 
 def _decode(messages: list[KafkaRecord]) -> list[Record]:

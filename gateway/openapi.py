@@ -105,7 +105,10 @@ SCHEMAS: dict[str, Any] = {
             "purchase_id": {"type": "string"},
             "item_id": {"type": "string"},
             "quantity": {"type": "integer"},
-            "status": {"type": "string", "enum": ["pending", "confirmed", "rejected", "cancelled"]},
+            "status": {
+                "type": "string",
+                "enum": ["pending", "confirmed", "rejected", "cancelled", "paid", "expired"],
+            },
             "reason": {"type": ["string", "null"]},
             "pay_by": {"type": ["string", "null"], "format": "date-time"},
         },
@@ -155,6 +158,8 @@ PATHS: dict[str, Any] = {
                         "type": "string",
                         "minLength": 1,
                         "maxLength": IDEMPOTENCY_KEY_MAX_CHARS,
+                        # Printable ASCII, no space at either end (gateway/validation.py).
+                        "pattern": "^[!-~]([ -~]*[!-~])?$",
                     },
                 }
             ],
@@ -209,6 +214,28 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json("Purchase", "the purchase, now cancelled"),
                 **_errors(401, 404, 409, 429, 503),
+            },
+        },
+    },
+    "/v1/purchases/{purchase_id}/pay": {
+        "post": {
+            "summary": (
+                "Mark a confirmed purchase of an item with hold_s paid (admin: the payment"
+                " system). Idempotent. 409 expired after pay_by, not_final while pending,"
+                " not_on_hold for an item without a hold, not_payable when cancelled or rejected"
+            ),
+            "security": [{"admin": []}],
+            "parameters": [
+                {
+                    "name": "purchase_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {
+                "200": _json("Purchase", "the purchase, now paid"),
+                **_errors(401, 403, 404, 409, 429, 503),
             },
         },
     },

@@ -25,15 +25,15 @@ from gateway.validation import (
 from services.errors import ItemNotFoundError, UnavailableError
 from services.reconciler import apply_item_write
 from services.schema import PurchaseMessage
-from services.store.decide import CANCELLED, CONFIRMED
-from services.store.items import get_item, write_item
+from services.store.decide import CANCELLED, CONFIRMED, EXPIRED, PAID
+from services.store.items import get_item, rfc3339, write_item
 from services.store.notifications import TooManyWaitsError
 from services.store.purchases import PurchaseRow, get_purchase
 
 PENDING = "pending"
 # Re-check Postgres this often while waiting with no live notification listener.
 WAIT_RECHECK_S = 1.0
-# How long a cancel waits for the item's partition owner to apply it.
+# How long a cancel or pay waits for the item's partition owner to apply it.
 CANCEL_WAIT_S = 10.0
 
 
@@ -128,7 +128,7 @@ def _purchase_json(row: PurchaseRow) -> dict[str, object]:
         "quantity": row.quantity,
         "status": row.status,
         "reason": row.reason,
-        "pay_by": None,
+        "pay_by": rfc3339(row.pay_by),
     }
 
 
@@ -203,17 +203,50 @@ async def cancel_purchase(request: web.Request) -> web.Response:
     if caller not in (None, row.user_id):
         raise not_found
     if row.status == CONFIRMED:
-        row = await _cancel_and_wait(gw, row)
+        message = PurchaseMessage.cancel(
+            row.purchase_id, row.user_id, row.item_id, row.quantity, int(time.time() * 1000)
+        )
+        row = await _apply_and_wait(gw, row, message)
     if row.status != CANCELLED:
         raise ApiError(409, "not_cancellable", f"a {row.status} purchase cannot be cancelled")
     return web.json_response(_purchase_json(row))
 
 
-async def _cancel_and_wait(gw: Gateway, row: PurchaseRow) -> PurchaseRow:
+async def pay_purchase(request: web.Request) -> web.Response:
+    """The payment system marks a purchase on hold paid. Like a cancel, the pay goes
+    through the item's partition: its owner decides paid or expired (pay_by by the
+    database's clock) in one place, in log order. Every retry is safe."""
+    gw = request.app[GATEWAY]
+    require_admin(request, gw.settings.admin_token, gw.settings.secret)
+    purchase_id = path_purchase_id(request)
+    not_found = ApiError(404, "purchase_not_found", "no such purchase")
+    if purchase_id is None:
+        raise not_found
+    row = await get_purchase(gw.core.pool, purchase_id)
+    if row is None:
+        if await gw.core.idempotency.get(purchase_id) is None:
+            raise not_found
+        raise ApiError(
+            409, "not_final", "the purchase is still pending; retry", {"Retry-After": "1"}
+        )
+    if row.status == CONFIRMED and row.pay_by is None:
+        raise ApiError(409, "not_on_hold", "the purchase's item sells without a hold")
+    if row.status == CONFIRMED:
+        message = PurchaseMessage.pay(
+            row.purchase_id, row.user_id, row.item_id, row.quantity, int(time.time() * 1000)
+        )
+        row = await _apply_and_wait(gw, row, message)
+    if row.status == EXPIRED:
+        raise ApiError(409, "expired", "the purchase was not paid by pay_by; it expired")
+    if row.status != PAID:
+        raise ApiError(409, "not_payable", f"a {row.status} purchase cannot be paid")
+    return web.json_response(_purchase_json(row))
+
+
+async def _apply_and_wait(gw: Gateway, row: PurchaseRow, message: PurchaseMessage) -> PurchaseRow:
+    """Produce a cancel or pay to the item's partition, then wait until its owner
+    moved the purchase on from confirmed (503 after CANCEL_WAIT_S: still queued)."""
     deadline = time.monotonic() + CANCEL_WAIT_S
-    message = PurchaseMessage.cancel(
-        row.purchase_id, row.user_id, row.item_id, row.quantity, int(time.time() * 1000)
-    )
     try:
         # Watch before producing: the notification may come before the produce returns.
         with gw.waiters.watch(row.purchase_id, row.user_id) as woken:
@@ -224,7 +257,7 @@ async def _cancel_and_wait(gw: Gateway, row: PurchaseRow) -> PurchaseRow:
                     raise ApiError(
                         503,
                         "unavailable",
-                        "the cancellation is queued but not applied yet; retry",
+                        f"the {message.kind} is queued but not applied yet; retry",
                         {"Retry-After": "1"},
                     )
                 nap = left if gw.waiters.listening else min(left, WAIT_RECHECK_S)
@@ -280,6 +313,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/purchases", post_purchase)
     app.router.add_get("/v1/purchases/{purchase_id}", get_purchase_handler)
     app.router.add_post("/v1/purchases/{purchase_id}/cancel", cancel_purchase)
+    app.router.add_post("/v1/purchases/{purchase_id}/pay", pay_purchase)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

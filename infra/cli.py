@@ -31,6 +31,7 @@ DEFAULT_CONSUMERS = 2
 LAZY_COMMANDS = {
     "bench": ("infra.bench_command:bench", "Run the side-by-side benchmark on a fresh stack."),
     "chaos": ("infra.chaos_command:chaos", "Run a sale under random faults, then check..."),
+    "events": ("infra.events_command:events", "Purchase events: `events tail` prints them."),
     "loadtest": ("infra.loadtest_command:loadtest", "Run a Locust scenario against the stack."),
     "migrate": ("infra.deploy_commands:migrate", "Apply the schema migrations (deployments)."),
     "sale": ("infra.deploy_commands:sale", "Run a checked sale against a deployed stack."),

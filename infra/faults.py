@@ -160,9 +160,10 @@ class FaultInjector:
         self.stack.broker.restart()
         settings = self.stack.settings
         try:
-            asyncio.run(ensure_topic(settings.kafka_bootstrap, settings.topic, settings.partitions))
+            for topic in (settings.topic, settings.events_topic):
+                asyncio.run(ensure_topic(settings.kafka_bootstrap, topic, settings.partitions))
         except UnavailableError as exc:
-            log.warning("could not create the topic again after the broker restart: %s", exc)
+            log.warning("could not create the topics again after the broker restart: %s", exc)
 
     def restart_redis(self) -> None:
         """Kill -9 and start empty on the same port(s)."""

@@ -208,6 +208,7 @@ async def _prepare(settings: Settings) -> None:
         # them, so readiness must not wait for them and status must not show them.
         await release_leases_beyond(core.pool, settings.topic, settings.partitions)
     await ensure_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
+    await ensure_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)
 
 
 def wait_for_consumers(

@@ -64,6 +64,9 @@ async def _check_item(
     )
     by_status = {row["status"]: (row["n"], row["units"]) for row in rows}
     confirmed, units = by_status.get("confirmed", (0, 0))
+    # A paid purchase (a hold paid in time) keeps its units sold.
+    paid, paid_units = by_status.get("paid", (0, 0))
+    confirmed, units = confirmed + paid, units + paid_units
     rejected = by_status.get("rejected", (0, 0))[0]
     tally = ItemTally(item_id, item["stock"], item["sold"], units, confirmed, rejected)
     if units > item["stock"]:

@@ -18,7 +18,9 @@ CONSUMER_POINTS = (
     "consumer.after_commit",
     "consumer.after_settle",
 )
-ALL_POINTS = GATEWAY_POINTS + CONSUMER_POINTS
+# The outbox relay (in the consumer process): events sent, not yet marked.
+RELAY_POINTS = ("relay.after_publish",)
+ALL_POINTS = GATEWAY_POINTS + CONSUMER_POINTS + RELAY_POINTS
 
 
 def failpoint(active: str, name: str) -> None:

@@ -21,7 +21,7 @@ from services.resources import CoreResources
 from services.schema import MessageError, PurchaseMessage
 from services.stockfilter.filter import Settlement, ShardSnapshot, StockFilter
 from services.store.db import database_errors
-from services.store.decide import CONFIRMED, REJECTED
+from services.store.decide import CONFIRMED, PAID, REJECTED
 from services.store.items import Item, ItemWrite, get_items, item_ids_after
 from services.store.purchases import known_statuses
 
@@ -96,8 +96,13 @@ class FilterView:
     @property
     def held_units(self) -> int:
         """Units in reservation records not counted in `sold`: in flight, or rejected
-        (the settle that drops a rejected record gives its units back itself)."""
-        return sum(m.quantity for m in self.messages if self.final.get(m.purchase_id) != CONFIRMED)
+        (the settle that drops a rejected record gives its units back itself). A paid
+        purchase's units are in `sold` as a confirmed one's."""
+        return sum(
+            m.quantity
+            for m in self.messages
+            if self.final.get(m.purchase_id) not in (CONFIRMED, PAID)
+        )
 
     @property
     def drift(self) -> int:

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from services.errors import FlashsaleError
 
 PURCHASE_ID_BYTES = 16
-# What a record on the purchases topic asks for: a new purchase, or to cancel one.
+# What a record on the purchases topic asks for: a new purchase, or to cancel or
+# pay one (the item's partition owner decides both, in log order).
 PURCHASE = "purchase"
 CANCEL = "cancel"
-KINDS = (PURCHASE, CANCEL)
-# A cancel message takes no units from a shard: it has no reservation record.
+PAY = "pay"
+KINDS = (PURCHASE, CANCEL, PAY)
+# Cancel and pay messages take no units from a shard: they have no reservation record.
 NO_SHARD = -1
 
 
@@ -48,6 +50,14 @@ class PurchaseMessage:
         """Asks the item's partition owner to cancel a purchase: keyed by item id like
         the purchases, so it is decided in log order with them."""
         return cls(purchase_id, user_id, "", item_id, quantity, NO_SHARD, at_ms, CANCEL)
+
+    @classmethod
+    def pay(
+        cls, purchase_id: str, user_id: str, item_id: str, quantity: int, at_ms: int
+    ) -> PurchaseMessage:
+        """Asks the item's partition owner to mark a purchase on hold paid: the same
+        single writer decides its expiry, so paid and expired never both happen."""
+        return cls(purchase_id, user_id, "", item_id, quantity, NO_SHARD, at_ms, PAY)
 
     @property
     def is_cancel(self) -> bool:

@@ -19,6 +19,7 @@ from services.errors import SettingsError
 PREFIX = "FLASHSALE_"
 
 TOPIC = "purchases"
+EVENTS_TOPIC = "purchase-events"
 PARTITIONS = 12
 STOCK_SHARDS = 4
 SESSION_TIMEOUT_S = 10.0
@@ -65,6 +66,8 @@ class Settings:
     redis_cluster: bool = False
     kafka_bootstrap: str = ""
     topic: str = TOPIC
+    # Where the outbox relay publishes every status change (api.md).
+    events_topic: str = EVENTS_TOPIC
     partitions: int = PARTITIONS
     stock_shards: int = STOCK_SHARDS
     admin_token: str = ""

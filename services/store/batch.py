@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from services.errors import FencedError
+from services.schema import PURCHASE
 from services.store.db import Connection, database_errors
-from services.store.decide import CANCELLED, BatchDecisions, ItemState, Record, Target, decide
+from services.store.decide import (
+    CANCELLED,
+    EXPIRED,
+    PAID,
+    BatchDecisions,
+    ItemState,
+    Record,
+    Target,
+    decide,
+)
 from services.store.purchases import RESULTS_CHANNEL, notify_payloads
 from services.store.queries import query
 
@@ -42,7 +53,7 @@ async def apply_batch(conn: Connection, lease: Lease, records: list[Record]) -> 
         fresh = [r for r in records if r.offset >= row["next_offset"]]
         if not fresh:
             return BatchResult(BatchDecisions(), row["next_offset"], len(records))
-        decisions = await _decide(conn, fresh)
+        decisions = await _decide(conn, fresh, row["db_now"])
         await _write(conn, lease, row["log_generation"], decisions)
         last = max(fresh, key=lambda r: r.offset)
         next_offset = last.offset + 1
@@ -58,22 +69,22 @@ async def apply_batch(conn: Connection, lease: Lease, records: list[Record]) -> 
     return BatchResult(decisions, next_offset, len(records) - len(fresh))
 
 
-async def _decide(conn: Connection, records: list[Record]) -> BatchDecisions:
+async def _decide(conn: Connection, records: list[Record], now: datetime) -> BatchDecisions:
     messages = [r.message for r in records]
     item_ids = sorted({m.item_id for m in messages})
     item_rows = await conn.fetch(query("lock_items"), item_ids)
     items = {
-        row["item_id"]: ItemState(row["stock"], row["sold"], row["per_user_limit"])
+        row["item_id"]: ItemState(row["stock"], row["sold"], row["per_user_limit"], row["hold_s"])
         for row in item_rows
     }
-    # A cancel is no request of its own: (user, idempotency key) names purchases only.
-    purchases = [m for m in messages if not m.is_cancel]
+    # A cancel or pay is no request of its own: (user, idempotency key) names purchases only.
+    purchases = [m for m in messages if m.kind == PURCHASE]
     requests = sorted({(m.user_id, m.idempotency_key) for m in purchases})
     known_rows = await conn.fetch(
         query("known_requests"), [r[0] for r in requests], [r[1] for r in requests]
     )
     known = {(row["user_id"], row["idempotency_key"]): row["status"] for row in known_rows}
-    targets = await _cancel_targets(conn, [m.purchase_id for m in messages if m.is_cancel])
+    targets = await _targets(conn, [m.purchase_id for m in messages if m.kind != PURCHASE])
     pairs = sorted(
         {(m.user_id, m.item_id) for m in purchases}
         | {(t.user_id, t.item_id) for t in targets.values()}
@@ -82,16 +93,21 @@ async def _decide(conn: Connection, records: list[Record]) -> BatchDecisions:
         query("confirmed_totals"), [p[0] for p in pairs], [p[1] for p in pairs]
     )
     held = {(row["user_id"], row["item_id"]): row["units"] for row in held_rows}
-    return decide(records, items, known, held, targets)
+    return decide(records, items, known, held, targets, now)
 
 
-async def _cancel_targets(conn: Connection, purchase_ids: list[str]) -> dict[str, Target]:
+async def _targets(conn: Connection, purchase_ids: list[str]) -> dict[str, Target]:
     if not purchase_ids:
         return {}
     rows = await conn.fetch(query("get_purchases"), sorted(set(purchase_ids)))
     return {
         row["purchase_id"]: Target(
-            row["purchase_id"], row["user_id"], row["item_id"], row["quantity"], row["status"]
+            row["purchase_id"],
+            row["user_id"],
+            row["item_id"],
+            row["quantity"],
+            row["status"],
+            row["pay_by"],
         )
         for row in rows
     }
@@ -102,15 +118,22 @@ async def _write(
 ) -> None:
     """Insert final states; sold grows in the same statement by the confirmed rows
     actually inserted. The CHECK (sold <= stock) is the last word: no bug above
-    can oversell. Cancellations go first: the units they free may be sold below."""
-    cancelled = decisions.cancelled_in_db
-    if cancelled:
-        await conn.execute(query("cancel_purchases"), [t.purchase_id for t in cancelled])
+    can oversell. Cancellations and expiries go first: the units they free may be
+    sold below. Every statement writes its status changes to the outbox."""
+    where = (lease.topic, lease.partition)
+    for status in (CANCELLED, EXPIRED):
+        released = decisions.in_db(status)
+        if released:
+            ids = [t.purchase_id for t in released]
+            await conn.execute(query("release_purchases"), ids, *where, status)
+    paid = decisions.in_db(PAID)
+    if paid:
+        await conn.execute(query("pay_purchases"), [t.purchase_id for t in paid], *where)
     new = decisions.new
     if not new:
         return
     msgs = [d.record.message for d in new]
-    cancelled_here = decisions.cancelled_in_batch
+    final_here = decisions.final_in_batch
     pairs = list(zip(new, msgs, strict=True))
     await conn.execute(
         query("insert_purchases"),
@@ -119,7 +142,7 @@ async def _write(
         [m.idempotency_key for m in msgs],
         [m.item_id for m in msgs],
         [m.quantity for m in msgs],
-        [CANCELLED if m.purchase_id in cancelled_here else d.status for d, m in pairs],
+        [final_here.get(m.purchase_id, d.status) for d, m in pairs],
         [d.reason for d in new],
         [d.record.offset for d in new],
         [m.admitted_at_ms for m in msgs],
@@ -127,4 +150,6 @@ async def _write(
         generation,
         lease.epoch,
         lease.owner or None,
+        [d.pay_by for d in new],
+        lease.topic,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -22,6 +23,8 @@ class PurchaseRow:
     quantity: int
     status: str
     reason: str | None
+    # For items with a hold: when a confirmed purchase expires unless paid.
+    pay_by: datetime | None = None
 
 
 async def get_purchase(pool: asyncpg.Pool, purchase_id: str) -> PurchaseRow | None:
@@ -38,6 +41,7 @@ def row_to_purchase(row: asyncpg.Record) -> PurchaseRow:
         row["quantity"],
         row["status"],
         row["reason"],
+        row["pay_by"],
     )
 
 

@@ -6,7 +6,7 @@ SELECT item_id, stock, sold, per_user_limit, starts_at, ends_at, hold_s FROM ite
 
 -- name: lock_items
 -- Sorted so two transactions locking the same items never deadlock.
-SELECT item_id, stock, sold, per_user_limit
+SELECT item_id, stock, sold, per_user_limit, hold_s
 FROM items WHERE item_id = ANY($1::text[])
 ORDER BY item_id
 FOR UPDATE;

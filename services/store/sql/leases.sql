@@ -20,7 +20,7 @@ WHERE topic = $1 AND kafka_partition = $2
 RETURNING epoch, next_offset, log_generation, last_purchase_id;
 
 -- name: lock_lease
-SELECT epoch, next_offset, log_generation
+SELECT epoch, next_offset, log_generation, now() AS db_now
 FROM partition_leases WHERE topic = $1 AND kafka_partition = $2
 FOR UPDATE;
 

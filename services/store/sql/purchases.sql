@@ -1,17 +1,18 @@
 -- name: get_purchase
-SELECT purchase_id, user_id, item_id, quantity, status, reason
+SELECT purchase_id, user_id, item_id, quantity, status, reason, pay_by
 FROM purchases WHERE purchase_id = $1;
 
 -- name: known_purchases
 SELECT purchase_id, status FROM purchases WHERE purchase_id = ANY($1::text[]);
 
 -- name: confirmed_totals
--- Units each (user, item) pair already holds, for the per-user limit.
+-- Units each (user, item) pair already holds, for the per-user limit: a paid
+-- purchase is held as much as a confirmed one.
 SELECT p.user_id, p.item_id, sum(p.quantity)::integer AS units
 FROM purchases AS p
 JOIN unnest($1::text[], $2::text[]) AS k(user_id, item_id)
   ON p.user_id = k.user_id AND p.item_id = k.item_id
-WHERE p.status = 'confirmed'
+WHERE p.status IN ('confirmed', 'paid')
 GROUP BY p.user_id, p.item_id;
 
 -- name: known_requests
@@ -21,45 +22,88 @@ FROM purchases AS p
 JOIN unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
   ON p.user_id = k.user_id AND p.idempotency_key = k.idempotency_key;
 
--- name: cancel_purchases
+-- name: release_purchases
+-- Cancel ($4 = 'cancelled') or expire ($4 = 'expired') confirmed purchases.
 -- Sold shrinks by exactly the rows that were still confirmed, in the same
 -- statement: a cancel applied twice changes nothing the second time. Run before
 -- insert_purchases, so units freed here can be sold later in the same batch
--- without sold ever passing stock.
-WITH cancelled AS (
-UPDATE purchases SET status = 'cancelled'
+-- without sold ever passing stock. Each change is an event in the outbox.
+WITH released AS (
+UPDATE purchases SET status = $4::text
 WHERE purchase_id = ANY($1::text[]) AND status = 'confirmed'
-RETURNING item_id, quantity
+RETURNING purchase_id, user_id, item_id, quantity, status, reason
+), events AS (
+INSERT INTO purchase_events (
+    event_id, purchase_id, user_id, item_id, quantity, status, reason, topic, kafka_partition
+)
+SELECT purchase_id || ':' || status, purchase_id, user_id, item_id, quantity, status, reason,
+       $2, $3
+FROM released ORDER BY array_position($1::text[], purchase_id)
+ON CONFLICT (event_id) DO NOTHING
 )
 UPDATE items SET sold = items.sold - d.units, updated_at = now()
 FROM (
-    SELECT item_id, sum(quantity)::integer AS units FROM cancelled GROUP BY item_id
+    SELECT item_id, sum(quantity)::integer AS units FROM released GROUP BY item_id
 ) AS d
 WHERE items.item_id = d.item_id
 RETURNING items.item_id, d.units;
 
+-- name: pay_purchases
+-- Paid keeps its units sold: only the status changes (and an event is written).
+WITH paid AS (
+UPDATE purchases SET status = 'paid'
+WHERE purchase_id = ANY($1::text[]) AND status = 'confirmed' AND pay_by IS NOT NULL
+RETURNING purchase_id, user_id, item_id, quantity, status, reason
+)
+INSERT INTO purchase_events (
+    event_id, purchase_id, user_id, item_id, quantity, status, reason, topic, kafka_partition
+)
+SELECT purchase_id || ':' || status, purchase_id, user_id, item_id, quantity, status, reason,
+       $2, $3
+FROM paid ORDER BY array_position($1::text[], purchase_id)
+ON CONFLICT (event_id) DO NOTHING;
+
 -- name: insert_purchases
--- Sold grows by exactly the confirmed rows that were inserted, in the same
--- statement: a row skipped by a conflict can never count as sold.
+-- Sold grows by exactly the held (confirmed or paid) rows that were inserted, in
+-- the same statement: a row skipped by a conflict can never count as sold. Every
+-- inserted row is an event; a row inserted already cancelled or paid (both in
+-- one batch) is two: confirmed, then its status.
 WITH inserted AS (
 INSERT INTO purchases (
     purchase_id, user_id, idempotency_key, item_id, quantity, status, reason,
-    kafka_partition, kafka_offset, log_generation, admitted_at, lease_epoch, applied_by
+    kafka_partition, kafka_offset, log_generation, admitted_at, lease_epoch, applied_by,
+    pay_by, topic
 )
 SELECT t.purchase_id, t.user_id, t.idempotency_key, t.item_id, t.quantity, t.status, t.reason,
-       $10, t.kafka_offset, $11, to_timestamp(t.admitted_ms / 1000.0), $12, $13
+       $10, t.kafka_offset, $11, to_timestamp(t.admitted_ms / 1000.0), $12, $13,
+       t.pay_by, $15
 FROM unnest(
     $1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[],
-    $8::bigint[], $9::bigint[]
+    $8::bigint[], $9::bigint[], $14::timestamptz[]
 ) AS t(purchase_id, user_id, idempotency_key, item_id, quantity, status, reason,
-       kafka_offset, admitted_ms)
+       kafka_offset, admitted_ms, pay_by)
 ON CONFLICT DO NOTHING
-RETURNING item_id, quantity, status
+RETURNING purchase_id, user_id, item_id, quantity, status, reason, kafka_offset
+), events AS (
+INSERT INTO purchase_events (
+    event_id, purchase_id, user_id, item_id, quantity, status, reason, topic, kafka_partition
+)
+SELECT i.purchase_id || ':' || s.status, i.purchase_id, i.user_id, i.item_id, i.quantity,
+       s.status, CASE WHEN s.step = 2 THEN i.reason END, $15, $10
+FROM inserted AS i
+CROSS JOIN LATERAL (
+    SELECT 'confirmed'::text AS status, 1 AS step
+    WHERE i.status NOT IN ('confirmed', 'rejected')
+    UNION ALL
+    SELECT i.status, 2
+) AS s
+ORDER BY i.kafka_offset, s.step
+ON CONFLICT (event_id) DO NOTHING
 )
 UPDATE items SET sold = items.sold + d.units, updated_at = now()
 FROM (
     SELECT item_id, sum(quantity)::integer AS units
-    FROM inserted WHERE status = 'confirmed' GROUP BY item_id
+    FROM inserted WHERE status IN ('confirmed', 'paid') GROUP BY item_id
 ) AS d
 WHERE items.item_id = d.item_id
 RETURNING items.item_id, d.units;
@@ -72,5 +116,5 @@ FROM purchases WHERE item_id = $1 GROUP BY status;
 SELECT pg_notify($1, $2);
 
 -- name: get_purchases
-SELECT purchase_id, user_id, item_id, quantity, status, reason
+SELECT purchase_id, user_id, item_id, quantity, status, reason, pay_by
 FROM purchases WHERE purchase_id = ANY($1::text[]);
