@@ -91,6 +91,15 @@ SYSTEMS = ("flashsale", "redis_lock", "redis_lock_queued", "postgres_row", "bare
     help="Load-generator processes sharing the requests and the connections.",
 )
 @click.option(
+    "--gateways",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    envvar="FLASHSALE_BENCH_GATEWAYS",
+    show_envvar=True,
+    help="Gateway processes (SO_REUSEPORT), and as many processes of each baseline server.",
+)
+@click.option(
     "--consumers",
     type=click.IntRange(1, 64),
     default=DEFAULT_CONSUMERS,
@@ -121,6 +130,7 @@ def bench(
     stock: int,
     concurrency: int,
     clients: int,
+    gateways: int,
     consumers: int,
     lock_rounds: int,
     phases: frozenset[str],
@@ -154,12 +164,15 @@ def bench(
     """
     console = Console(stderr=True)
     machine = machine_description()
-    config = _Config(requests, stock, concurrency, clients, consumers, lock_rounds, phases)
+    config = _Config(
+        requests, stock, concurrency, clients, consumers, lock_rounds, phases, gateways
+    )
     try:
         results = _run(config, console)
     except FlashsaleError as exc:
         _fail(console, exc)
     report = report_json(results, machine)
+    report["gateways"] = gateways
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -177,6 +190,7 @@ class _Config:
     consumers: int
     lock_rounds: int
     phases: frozenset[str]
+    gateways: int = 1
 
 
 def _phases(value: str) -> frozenset[str]:
@@ -202,7 +216,7 @@ def _run(config: _Config, console: Console) -> BenchResults:
         with _sigterm_as_interrupt(), console.status("starting the embedded stack") as status:
             say = _progress(console, status)
             stack.start_services(say)
-            stack.start_processes(config.consumers, say)
+            stack.start_processes(config.consumers, say, gateways=config.gateways)
             results = uvloop.run(run_bench(_access(stack), _bench_config(config, stack), say))
         failed = False
         return results
@@ -255,6 +269,7 @@ def _bench_config(config: _Config, stack: EmbeddedStack) -> BenchConfig:
         phases=config.phases,
         lock_pause_rounds=config.lock_rounds,
         lock_failover_rounds=config.lock_rounds,
+        server_processes=config.gateways,
     )
 
 

@@ -74,6 +74,7 @@ class BaselineConfig:
     lock_ttl_ms: int = LOCK_TTL_MS
     pause_ms: int = 0
     local_queue: bool = False
+    processes: int = 1  # server processes sharing the listening socket
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,7 @@ class BenchConfig:
     phases: frozenset[str] = frozenset(PHASES)
     lock_pause_rounds: int = LOCK_PAUSE_ROUNDS
     lock_failover_rounds: int = LOCK_FAILOVER_ROUNDS
+    server_processes: int = 1  # gateways of the stack, and processes of each baseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +158,7 @@ async def run_bench(stack: StackAccess, config: BenchConfig, progress: Progress)
             load_clients(config.clients, config.log_dir / "bench-clients.log")
         )
         servers = await resources.enter_async_context(
-            baseline_servers(_baselines(stack), config.log_dir)
+            baseline_servers(_baselines(stack, config.server_processes), config.log_dir)
         )
         bench = Bench(clients, config, stack.secret, pool)
         results = await _phases(
@@ -201,7 +202,7 @@ def _meters(
     shared = stack.shared
     if shared is not None:
         for name, uses_redis in ((POSTGRES_ROW, False), (REDIS_LOCK, True)):
-            single = (servers[name].pid, *(shared.single if uses_redis else ()))
+            single = (*servers[name].pids, *(shared.single if uses_redis else ()))
             meters[name] = _fixed(SystemProcesses(single=single, forking=shared.forking))
     return meters
 
@@ -258,16 +259,24 @@ async def _locks(
     return await run_locks(bench, stack, systems[FLASHSALE], options, progress)
 
 
-def _baselines(stack: StackAccess) -> dict[str, BaselineConfig]:
-    """Every baseline server of a run, by name, on the stack's Postgres and Redis."""
-    common = BaselineConfig(BARE_HTTP, stack.secret, stack.database_url, stack.redis_url)
+def _baselines(stack: StackAccess, processes: int) -> dict[str, BaselineConfig]:
+    """Every baseline server of a run, by name, on the stack's Postgres and Redis;
+    `processes` of each (as many as the stack has gateways), but one stalling lock
+    server: its pause is one process's."""
+    common = BaselineConfig(
+        BARE_HTTP, stack.secret, stack.database_url, stack.redis_url, processes=processes
+    )
     return {
         BARE_HTTP: common,
         POSTGRES_ROW: replace(common, mode=POSTGRES_ROW),
         REDIS_LOCK: replace(common, mode=REDIS_LOCK),
         REDIS_LOCK_QUEUED: replace(common, mode=REDIS_LOCK, local_queue=True),
         REDIS_LOCK_PAUSED: replace(
-            common, mode=REDIS_LOCK, lock_ttl_ms=PAUSE_LOCK_TTL_MS, pause_ms=PAUSE_MS
+            common,
+            mode=REDIS_LOCK,
+            lock_ttl_ms=PAUSE_LOCK_TTL_MS,
+            pause_ms=PAUSE_MS,
+            processes=1,
         ),
     }
 

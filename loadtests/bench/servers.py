@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 
@@ -28,7 +29,7 @@ LOG_TAIL_CHARS = 2000
 class RunningServer:
     name: str
     url: str
-    pid: int
+    pids: tuple[int, ...]  # every process answering on the url (they share its socket)
 
 
 @contextlib.asynccontextmanager
@@ -38,19 +39,22 @@ async def baseline_servers(
     """Baseline server processes by name, started together (each on a socket we bind)
     and all stopped on exit, whatever happens."""
     async with contextlib.AsyncExitStack() as stack:
-        spawned: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
+        spawned: dict[str, tuple[list[asyncio.subprocess.Process], str]] = {}
         for name, config in configs.items():
-            process, port = await _spawn(config, log_dir / f"{name}.log")
-            stack.push_async_callback(stop_server, process)
-            spawned[name] = (process, f"http://127.0.0.1:{port}")
+            processes, port = await _spawn(config, log_dir / f"{name}.log")
+            for process in processes:
+                stack.push_async_callback(stop_server, process)
+            spawned[name] = (processes, f"http://127.0.0.1:{port}")
         await asyncio.gather(
             *(
                 wait_ready(url, process, log_dir / f"{name}.log", name)
-                for name, (process, url) in spawned.items()
+                for name, (processes, url) in spawned.items()
+                for process in processes
             )
         )
         yield {
-            name: RunningServer(name, url, process.pid) for name, (process, url) in spawned.items()
+            name: RunningServer(name, url, tuple(p.pid for p in processes))
+            for name, (processes, url) in spawned.items()
         }
 
 
@@ -62,8 +66,10 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
-async def _spawn(config: BaselineConfig, log_path: Path) -> tuple[asyncio.subprocess.Process, int]:
-    return await spawn_server(
+async def _spawn(
+    config: BaselineConfig, log_path: Path
+) -> tuple[list[asyncio.subprocess.Process], int]:
+    return await spawn_servers(
         [
             "loadtests.bench.baselines",
             config.mode,
@@ -80,6 +86,7 @@ async def _spawn(config: BaselineConfig, log_path: Path) -> tuple[asyncio.subpro
             *(["--local-queue"] if config.local_queue else []),
         ],
         log_path,
+        config.processes,
     )
 
 
@@ -88,24 +95,39 @@ async def spawn_server(
 ) -> tuple[asyncio.subprocess.Process, int]:
     """`python -m MODULE ARGS --fd N`: the child inherits the listening socket (no
     race for a free port)."""
+    processes, port = await spawn_servers(module_args, log_path, 1)
+    return processes[0], port
+
+
+async def spawn_servers(
+    module_args: list[str], log_path: Path, copies: int
+) -> tuple[list[asyncio.subprocess.Process], int]:
+    """`copies` processes accepting on one inherited listening socket (pre-fork
+    style: the kernel hands each connection to one of them)."""
     await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
     log = await asyncio.to_thread(log_path.open, "ab")
     with log, _listening_socket() as sock:
         port = int(sock.getsockname()[1])
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            *module_args,
-            "--fd",
-            str(sock.fileno()),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(sock.fileno(),),
-            # Its own session: a Ctrl-C in the terminal reaches us, and we stop it.
-            start_new_session=True,
-        )
-    return process, port
+        processes = [await _exec(module_args, log, sock) for _ in range(copies)]
+    return processes, port
+
+
+async def _exec(
+    module_args: list[str], log: BinaryIO, sock: socket.socket
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        *module_args,
+        "--fd",
+        str(sock.fileno()),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        pass_fds=(sock.fileno(),),
+        # Its own session: a Ctrl-C in the terminal reaches us, and we stop it.
+        start_new_session=True,
+    )
 
 
 async def wait_ready(
