@@ -83,6 +83,7 @@ class Admission:
         self.metrics = metrics
         self.limits = limits
         self.lookup = lookup
+        self._reading: dict[str, asyncio.Future[Item | None]] = {}
         self.settings = core.settings
 
     async def purchase(
@@ -132,14 +133,26 @@ class Admission:
         if cached is not None:
             return cached
         if not self.hints.is_missing(item_id):
-            try:
-                item = await get_item(self.core.pool, item_id)
-            except ItemNotFoundError:
-                self.hints.remember_missing(item_id)
-            else:
-                self.hints.remember_item(item)
+            # When the entry expires, every request in flight misses at once:
+            # they share one read instead of sending hundreds to Postgres.
+            reading = self._reading.get(item_id)
+            if reading is None:
+                reading = asyncio.ensure_future(self._read_item(item_id))
+                self._reading[item_id] = reading
+                reading.add_done_callback(lambda _: self._reading.pop(item_id, None))
+            item = await asyncio.shield(reading)
+            if item is not None:
                 return item
         raise ApiError(404, "item_not_found", f"no item {item_id}")
+
+    async def _read_item(self, item_id: str) -> Item | None:
+        try:
+            item = await get_item(self.core.pool, item_id)
+        except ItemNotFoundError:
+            self.hints.remember_missing(item_id)
+            return None
+        self.hints.remember_item(item)
+        return item
 
     async def _check_rate_limits(self, user_id: str, client: str, item_id: str) -> None:
         for kind, identity in ((USER, user_id), (CLIENT, client), (ITEM, item_id)):
