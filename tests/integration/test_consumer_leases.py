@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 import consumers.worker as worker_module
 from consumers.worker import LeaseListener, PurchaseConsumer
+from loadtests.stall import partition_of
 from services.errors import UnavailableError
 from services.producer import PurchaseProducer, open_producer
 from services.resources import CoreResources
@@ -301,3 +302,26 @@ async def test_a_log_that_never_answers_is_read_again_from_its_start(
         assert m.tp() not in m.worker.pending
         await m.produce(item_id, range(2, 3))
         await m.run_until(confirmed(core, item_id, 3))  # the replay applies nothing twice
+
+
+async def test_a_partition_the_broker_lacks_does_not_keep_the_others_from_being_leased(
+    settings: Settings, core: CoreResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chaos seed 1 (78 LATE): a restarted embedded broker made the topic again with
+    fewer partitions; one offsets request for all assigned partitions then never
+    answered, and the partitions that did exist were never leased either."""
+    async with member(settings, core, partitions=2, assigned=(0, 1)) as m:
+        real_end_offsets = m.kafka.end_offsets
+
+        async def ghost_partition_1(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            if any(tp.partition == 1 for tp in tps):
+                await asyncio.sleep(3600)  # never answers, as for a partition it lacks
+            return await real_end_offsets(tps)
+
+        monkeypatch.setattr(m.kafka, "end_offsets", ghost_partition_1)
+        await m.listener.on_partitions_assigned([m.tp(0), m.tp(1)])
+        assert m.tp(0) not in m.worker.pending and m.tp(1) in m.worker.pending
+        item_id = next(i for i in (fresh_id() for _ in range(100)) if partition_of(i, 2) == 0)
+        await upsert_item(core.pool, item_id, STOCK, STOCK)
+        await m.produce(item_id, range(2))
+        await m.run_until(confirmed(core, item_id, 2))
