@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from infra.embedded.redis import RedisNode
 from loadtests.bench.errors import BenchError
 from loadtests.bench.locks.designs import LockSetup
-from loadtests.bench.locks.worker import HOLD_NONE, HOLD_STOP, HOLD_WAIT, HOLDING
+from loadtests.bench.locks.worker import HOLD_NONE, HOLD_STOP, HOLD_WAIT, HOLDING, STARTED
 
 STATE_POLL_S = 0.02
 STATE_TIMEOUT_S = 30.0
@@ -147,7 +147,6 @@ async def pause_round(
         stopped = await wait_state(paused.pid, "T")
         if not stopped:
             raise BenchError(f"{setup.design}: the holder {paused.pid} never stopped")
-        stopped_at = time.monotonic()
         async with contextlib.AsyncExitStack() as stack:
             buyers = [
                 await stack.enter_async_context(
@@ -155,12 +154,25 @@ async def pause_round(
                 )
                 for n in range(others)
             ]
-            await asyncio.sleep(max(0.0, pause_s - (time.monotonic() - stopped_at)))
+            # The pause counts from the moment the others buy: started on a busy
+            # machine, they could still be importing when the holder woke up.
+            await asyncio.gather(*(_started(buyer) for buyer in buyers))
+            await asyncio.sleep(pause_s)
             still_stopped = process_state(paused.pid) == "T"
             os.kill(paused.pid, signal.SIGCONT)
             results = [await finish(process) for process in [paused, *buyers]]
     evidence = {"holder_state_T": stopped, "still_T_after_pause": still_stopped}
     return Round(stock, await sold(item), evidence, _merge(results))
+
+
+async def _started(process: asyncio.subprocess.Process) -> None:
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), WORKER_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise BenchError(f"buyer {process.pid} did not start") from exc
+    if line.decode().strip() != STARTED:
+        raise BenchError(f"buyer {process.pid} said {line!r} instead of starting")
 
 
 def _merge(results: list[dict[str, int]]) -> dict[str, int]:

@@ -32,6 +32,9 @@ from loadtests.bench.locks.section import Between, Outcome, sell, sell_by_lease
 from services.store.db import open_pool
 
 HOLDING = "holding"
+# A buyer (--hold none) prints this once it is ready to buy: a pause must last
+# until the others are really buying, however slow their start on a busy machine.
+STARTED = "started"
 HOLD_NONE, HOLD_STOP, HOLD_WAIT = "none", "stop", "wait"
 BUSY_PAUSE_S = 0.01
 FLASHSALE_POOL_SIZE = 2
@@ -70,6 +73,8 @@ async def run(args: argparse.Namespace) -> Counter[str]:
             async def buy(user: str, key: str, between: Between) -> Outcome:
                 return await sell(opened, args.item, user, key, between)
 
+        if args.hold == HOLD_NONE:
+            print(STARTED, flush=True)
         for n in range(args.count):
             if time.monotonic() > deadline:
                 outcomes["deadline"] += 1
