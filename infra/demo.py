@@ -34,7 +34,7 @@ from infra.demo_lifecycle import (
 )
 from infra.stack import EmbeddedStack
 from loadtests.invariants import InvariantReport, SaleExpectations, check_sale
-from loadtests.lifecycle import FilterAccess
+from loadtests.lifecycle import EventsAccess, FilterAccess
 from loadtests.sale import SaleOutcome, SaleTarget, create_item, run_sale
 from services.settings import Settings
 
@@ -88,6 +88,7 @@ def run_demo(buyers: int, stock: int, consumers: int, console: Console) -> bool:
             stock_filter=FilterAccess(
                 settings.redis_url, settings.redis_cluster, settings.stock_shards
             ),
+            events=EventsAccess(settings.kafka_bootstrap, settings.events_topic),
         )
         report = asyncio.run(
             check_sale(settings.database_url, story.accepted, expected, clean_run=True)

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from infra.stackfile import StackFile
-from loadtests.lifecycle import FilterAccess
+from loadtests.lifecycle import EventsAccess, FilterAccess
 from loadtests.plans import DEFAULT_DURATION_S, DEFAULT_USERS
 from loadtests.runner import LoadtestError, LoadtestSummary, Target, run_loadtest
 from loadtests.scenarios import SCENARIOS
@@ -93,9 +93,14 @@ def _target(state_dir: Path) -> Target:
             f"the stack in {state_dir} does not answer at {stack.gateway_url}/readyz ({exc}): "
             f"{hint}"
         ) from exc
-    stock_filter = FilterAccess(stack.redis_url, stack.redis_cluster, stack.settings().stock_shards)
+    settings = stack.settings()
     return Target(
-        stack.gateway_url, stack.admin_token, stack.secret, stack.database_url, stock_filter
+        stack.gateway_url,
+        stack.admin_token,
+        stack.secret,
+        stack.database_url,
+        FilterAccess(stack.redis_url, stack.redis_cluster, settings.stock_shards),
+        EventsAccess(stack.kafka_bootstrap, settings.events_topic),
     )
 
 

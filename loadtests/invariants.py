@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from loadtests.lifecycle import FilterAccess, check_events, check_filter, wait_for_holds
+from loadtests.lifecycle import (
+    EventsAccess,
+    FilterAccess,
+    check_events,
+    check_filter,
+    check_topic,
+    wait_for_holds,
+)
 
 # Every status a purchase reaches once it is decided: a row is final (no longer
 # pending) whatever it became after confirmed.
@@ -162,6 +169,8 @@ class SaleExpectations:
     untouched_items: tuple[str, ...] = ()
     # where the stock filter lives: given, returned units are looked for in it
     stock_filter: FilterAccess | None = None
+    # where the relay publishes: given, the published events are looked for there
+    events: EventsAccess | None = None
 
 
 FINAL_POLL_S = 0.25
@@ -173,6 +182,8 @@ PUBLISH_WAIT_S = 30.0
 # time the reconciler takes to repair a drift (3 idle passes of 2 s): the check
 # must see a drift the consumers left before the reconciler hides it.
 FILTER_SETTLE_S = 2.0
+# Reading the events topic from its start to its end offsets.
+TOPIC_READ_S = 60.0
 
 
 async def check_sale(
@@ -211,6 +222,8 @@ async def check_sale(
         await _check_keys(conn, expected.keys, report.violations)
         await _check_untouched(conn, expected, report.violations)
         await check_events(conn, item_ids, report.violations, PUBLISH_WAIT_S)
+        if expected.events is not None:
+            await check_topic(conn, expected.events, item_ids, report.violations, TOPIC_READ_S)
     finally:
         await conn.close()
     return report

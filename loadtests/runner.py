@@ -26,7 +26,7 @@ from typing import Protocol
 import asyncpg
 
 from loadtests.invariants import InvariantReport, ItemTally, SaleExpectations, check_sale
-from loadtests.lifecycle import FilterAccess
+from loadtests.lifecycle import EventsAccess, FilterAccess
 from loadtests.locust_stats import EndpointStats, load_stats, merge, percentile_ms
 from loadtests.plans import plan_items
 from loadtests.scenarios import locustfile_path
@@ -63,6 +63,8 @@ class Target:
     database_url: str
     # Where the stock filter lives: the check looks for returned units in it.
     stock_filter: FilterAccess | None = None
+    # Where the relay publishes: the check reads the published events back.
+    events: EventsAccess | None = None
 
 
 class Progress(Protocol):
@@ -208,7 +210,7 @@ def run_loadtest(
         f"waiting (at most {FINAL_BOUND_S:.0f} s) for {len(set(results.accepted))} accepted "
         "purchases to be final, then checking the invariants"
     )
-    expected = expectations(scenario, params, results, target.stock_filter)
+    expected = expectations(scenario, params, results, target.stock_filter, target.events)
     report = judge(target.database_url, results, expected)
     return LoadtestSummary(
         scenario=scenario,
@@ -360,17 +362,19 @@ def expectations(
     params: ScenarioParams,
     results: ScenarioResults,
     stock_filter: FilterAccess | None = None,
+    events: EventsAccess | None = None,
 ) -> SaleExpectations:
     keys = {(k.user_id, k.key): k.purchase_ids for k in results.keys}
     stock = {i.item_id: i.stock for i in params.items}
     if scenario != "abusive":
-        return SaleExpectations(stock=stock, keys=keys, stock_filter=stock_filter)
+        return SaleExpectations(stock=stock, keys=keys, stock_filter=stock_filter, events=events)
     return SaleExpectations(
         stock=stock,
         keys=keys,
         untouched_user_prefixes=(params.user_prefix("x"),),
         untouched_items=tuple(i.item_id for i in params.items if i.weight == 0),
         stock_filter=stock_filter,
+        events=events,
     )
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from infra.stackfile import StackFile
 from loadtests.invariants import SaleExpectations, check_sale
-from loadtests.lifecycle import FilterAccess, check_events, check_filter
+from loadtests.lifecycle import EventsAccess, FilterAccess, check_events, check_filter, check_topic
 from services.stockfilter.client import close_redis, open_redis
 from services.stockfilter.keys import stock_key
 from services.tokens import issue_token
@@ -182,11 +182,14 @@ async def _bought_and_cancelled(stack: StackFile, item_id: str) -> str:
 async def test_the_lifecycle_checks_catch_a_unit_returned_twice_and_a_lost_event(
     stack_dir: Path,
 ) -> None:
-    """A cancelled unit put back in the filter a second time, and the outbox row of
-    the cancel deleted: the filter check and the events check each report it (and
-    say nothing before), so a clean cancellations run's silence means something."""
+    """A cancelled unit put back in the filter a second time, the outbox row of the
+    cancel deleted, an event marked published that never reached the topic: the
+    filter, outbox and topic checks each report theirs (and say nothing before),
+    so a clean cancellations run's silence means something."""
     stack = StackFile.load(stack_dir)
-    access = FilterAccess(stack.redis_url, stack.redis_cluster, stack.settings().stock_shards)
+    settings = stack.settings()
+    access = FilterAccess(stack.redis_url, stack.redis_cluster, settings.stock_shards)
+    topic = EventsAccess(stack.kafka_bootstrap, settings.events_topic)
     item_id = fresh_id()
     purchase_id = await _bought_and_cancelled(stack, item_id)
     conn = await asyncpg.connect(stack.database_url)
@@ -195,6 +198,7 @@ async def test_the_lifecycle_checks_catch_a_unit_returned_twice_and_a_lost_event
         clean: list[str] = []
         await check_filter(conn, access, [item_id], clean, settle_wait_s=30)
         await check_events(conn, [item_id], clean, publish_wait_s=30)
+        await check_topic(conn, topic, [item_id], clean, read_timeout_s=60)
         assert clean == []
         # Straight after the damage: the reconciler repairs a drift only after
         # several idle passes, and the check must see it first.
@@ -202,12 +206,22 @@ async def test_the_lifecycle_checks_catch_a_unit_returned_twice_and_a_lost_event
         await conn.execute(
             "DELETE FROM purchase_events WHERE event_id = $1", f"{purchase_id}:cancelled"
         )
+        # An event marked published that the relay never sent.
+        await conn.execute(
+            "INSERT INTO purchase_events (event_id, purchase_id, user_id, item_id, quantity,"
+            " status, topic, kafka_partition, published_at)"
+            " VALUES ($1, 'p_never', 'u', $2, 1, 'confirmed', 'purchases', 0, now())",
+            "p_never:confirmed",
+            item_id,
+        )
         found: list[str] = []
         await check_filter(conn, access, [item_id], found, settle_wait_s=0)
         await check_events(conn, [item_id], found, publish_wait_s=0)
+        await check_topic(conn, topic, [item_id], found, read_timeout_s=60)
     finally:
         await close_redis(redis)
         await conn.close()
     text = "\n".join(found)
     assert "1 units went back on sale twice" in text, text
     assert f"{purchase_id}:cancelled" in text, text
+    assert "1 events marked published are not on" in text and "p_never:confirmed" in text, text
