@@ -380,7 +380,13 @@ def scale(count: int, state_dir: Path) -> None:
     help="Consumer processes.",
 )
 def demo(buyers: int, stock: int, consumer_count: int) -> None:
-    """Run a flash sale end to end on a fresh embedded stack, then check the invariants."""
+    """Run a flash sale end to end on a fresh embedded stack, then check the invariants.
+
+    \b
+    Step by step: a sale window that opens (early buyers get 409 not_started), the
+    sell-out, cancellations and expiring holds bringing units back, those units
+    sold again, and the invariant check over all of it. Exit 0 when every step
+    did what it says and every invariant held."""
     from infra.demo import run_demo  # noqa: PLC0415
 
     ok = run_demo(buyers=buyers, stock=stock, consumers=consumer_count, console=_out())

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from infra.stackfile import StackFile
+from loadtests.lifecycle import EventsAccess, FilterAccess
 from loadtests.plans import DEFAULT_DURATION_S, DEFAULT_USERS
 from loadtests.runner import LoadtestError, LoadtestSummary, Target, run_loadtest
 from loadtests.scenarios import SCENARIOS
@@ -92,7 +93,15 @@ def _target(state_dir: Path) -> Target:
             f"the stack in {state_dir} does not answer at {stack.gateway_url}/readyz ({exc}): "
             f"{hint}"
         ) from exc
-    return Target(stack.gateway_url, stack.admin_token, stack.secret, stack.database_url)
+    settings = stack.settings()
+    return Target(
+        stack.gateway_url,
+        stack.admin_token,
+        stack.secret,
+        stack.database_url,
+        FilterAccess(stack.redis_url, stack.redis_cluster, settings.stock_shards),
+        EventsAccess(stack.kafka_bootstrap, settings.events_topic),
+    )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -138,12 +147,17 @@ def loadtest(
     abusive      bad input (broken JSON, wrong content type, bad keys, forged tokens,
                  others' purchase ids...) and one user hammering, mixed into real
                  buying: bad input must get 4xx and change nothing
+    cancellations  buyers cancel a share of their purchases while the sale runs; holds
+                 of 2 s are paid in time, paid late (409 expired) or left to expire:
+                 every returned unit must be sold again or be back in the filter
 
     \b
-    The check: no oversell, sold == confirmed units, every accepted purchase final
-    (waiting up to 30 s), first come first served, per-user limits, stock unchanged,
-    plus the scenario's own rules. 409 sold_out, 429 rate_limited and 503 are answers
-    a sale may give, not failures.
+    The check: no oversell, sold == confirmed + paid units (nothing returned twice),
+    every accepted purchase final (waiting up to 30 s) and every hold paid or expired,
+    first come first served, per-user limits, stock unchanged, the stock filter ==
+    stock - sold (returned units sold again or back on sale), an event published for
+    every status change, plus the scenario's own rules. 409 sold_out, 429 rate_limited
+    and 503 are answers a sale may give, not failures.
 
     \b
     Exit status: 0 every invariant holds; 1 an invariant broke; 2 usage error (no
@@ -186,9 +200,9 @@ def print_summary(console: Console, summary: LoadtestSummary) -> None:
     console.print(_endpoints(summary))
     if summary.ok:
         console.print(
-            "[bold green]invariants hold[/bold green]: no oversell, sold == confirmed, every "
-            "accepted purchase final, first come first served, per-user limits, "
-            f"{summary.scenario} rules"
+            "[bold green]invariants hold[/bold green]: no oversell, sold == confirmed + paid, "
+            "every accepted purchase final, first come first served, per-user limits, "
+            f"filter == stock - sold, every event published, {summary.scenario} rules"
         )
     for violation in summary.violations:
         console.print(f"[bold red]VIOLATION[/bold red] {escape(violation)}")
@@ -207,6 +221,13 @@ def _overview(summary: LoadtestSummary) -> Table:
         f"{summary.confirmed_units} / {summary.stock} ({len(summary.items)} items)",
     )
     table.add_row("rejected after acceptance", str(summary.rejected))
+    moved = {status: summary.moved_on(status) for status in ("cancelled", "paid", "expired")}
+    if any(moved.values()):
+        table.add_row(
+            "cancelled / paid / expired",
+            " / ".join(str(n) for n in moved.values())
+            + f" ({summary.returned_units} units returned)",
+        )
     table.add_row(
         "purchase p50 / p99",
         f"{summary.buy_latency_ms(0.5):.0f} / {summary.buy_latency_ms(0.99):.0f} ms",

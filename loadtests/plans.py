@@ -13,8 +13,20 @@ MULTI_ITEM_COUNT = 50
 ZIPF_EXPONENT = 1.1
 MULTI_ITEM_STOCKS = (10, 100, 40, 500, 5, 2000, 60, 250)
 MULTI_ITEM_LIMITS = (1, 2, 1, 3, 1)
+# Small stocks: both items sell out early, so every unit a cancel or an expiry
+# brings back is fought over and must be sold again.
+CANCEL_STOCK = 40
+HOLD_STOCK = 40
+# Short holds: many expire and are sold again within a run of a few seconds.
+HOLD_S = 2
 
-DEFAULT_USERS = {"spike": 500, "retry-storm": 200, "multi-item": 300, "abusive": 200}
+DEFAULT_USERS = {
+    "spike": 500,
+    "retry-storm": 200,
+    "multi-item": 300,
+    "abusive": 200,
+    "cancellations": 200,
+}
 DEFAULT_DURATION_S = 20
 
 
@@ -46,5 +58,10 @@ def plan_items(scenario: str, run_id: str) -> tuple[ItemSpec, ...]:
             ItemSpec(f"{prefix}sale", SALE_STOCK, 1),
             ItemSpec(f"{prefix}hammered", HAMMERED_STOCK, 1),
             ItemSpec(f"{prefix}decoy", SALE_STOCK, 1, weight=0.0),
+        )
+    if scenario == "cancellations":
+        return (
+            ItemSpec(f"{prefix}cancel", CANCEL_STOCK, 1),
+            ItemSpec(f"{prefix}hold", HOLD_STOCK, 1, hold_s=HOLD_S),
         )
     raise ValueError(f"unknown scenario {scenario!r}")

@@ -26,6 +26,7 @@ from typing import Protocol
 import asyncpg
 
 from loadtests.invariants import InvariantReport, ItemTally, SaleExpectations, check_sale
+from loadtests.lifecycle import EventsAccess, FilterAccess
 from loadtests.locust_stats import EndpointStats, load_stats, merge, percentile_ms
 from loadtests.plans import plan_items
 from loadtests.scenarios import locustfile_path
@@ -43,6 +44,8 @@ TERMINATE_GRACE_S = 10.0
 POLL_S = 0.25
 ADMIN_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 3000
+# Scenarios whose locustfile pays holds as the payment system (admin token).
+PAYING_SCENARIOS = ("cancellations",)
 # The admission latency of a sale is what the POST answers measure; the long
 # polls of GET ?wait= hold answers on purpose and would drown it.
 BUY_PREFIX = "POST /v1/purchases"
@@ -58,6 +61,10 @@ class Target:
     admin_token: str
     secret: str
     database_url: str
+    # Where the stock filter lives: the check looks for returned units in it.
+    stock_filter: FilterAccess | None = None
+    # Where the relay publishes: the check reads the published events back.
+    events: EventsAccess | None = None
 
 
 class Progress(Protocol):
@@ -120,6 +127,14 @@ class LoadtestSummary:
     def rejected(self) -> int:
         return sum(tally.rejected for tally in self.tallies)
 
+    def moved_on(self, status: str) -> int:
+        """Purchases that became cancelled, paid or expired after confirmed."""
+        return sum(getattr(tally, status) for tally in self.tallies)
+
+    @property
+    def returned_units(self) -> int:
+        return sum(tally.returned_units for tally in self.tallies)
+
     @property
     def requests_per_s(self) -> float:
         """Over the run time; the few seconds users get to finish are left out."""
@@ -156,6 +171,10 @@ class LoadtestSummary:
             "stock": self.stock,
             "confirmed_units": self.confirmed_units,
             "rejected": self.rejected,
+            "cancelled": self.moved_on("cancelled"),
+            "paid": self.moved_on("paid"),
+            "expired": self.moved_on("expired"),
+            "returned_units": self.returned_units,
             "buy_p50_ms": self.buy_latency_ms(0.50),
             "buy_p99_ms": self.buy_latency_ms(0.99),
             "violations": self.violations,
@@ -176,14 +195,23 @@ def run_loadtest(
     progress.phase(f"putting {len(items)} item(s) on sale")
     for item in items:
         put_item(target, item)
-    params = ScenarioParams(target.gateway_url, target.secret, run_id, items, str(files.results))
+    params = ScenarioParams(
+        target.gateway_url,
+        target.secret,
+        run_id,
+        items,
+        str(files.results),
+        # The payment system's token, only to the scenario that pays holds.
+        admin_token=target.admin_token if scenario in PAYING_SCENARIOS else "",
+    )
     run_locust(scenario, params, users, duration_s, files, progress)
     endpoints, results = read_outputs(files)
     progress.phase(
         f"waiting (at most {FINAL_BOUND_S:.0f} s) for {len(set(results.accepted))} accepted "
         "purchases to be final, then checking the invariants"
     )
-    report = judge(target.database_url, results, expectations(scenario, params, results))
+    expected = expectations(scenario, params, results, target.stock_filter, target.events)
+    report = judge(target.database_url, results, expected)
     return LoadtestSummary(
         scenario=scenario,
         users=users,
@@ -199,9 +227,12 @@ def run_loadtest(
 
 
 def put_item(target: Target, item: ItemSpec) -> None:
+    body: dict[str, object] = {"stock": item.stock, "per_user_limit": item.per_user_limit}
+    if item.hold_s is not None:
+        body["hold_s"] = item.hold_s
     request = urllib.request.Request(
         f"{target.gateway_url}/v1/items/{item.item_id}",
-        data=json.dumps({"stock": item.stock, "per_user_limit": item.per_user_limit}).encode(),
+        data=json.dumps(body).encode(),
         headers={
             "Authorization": f"Bearer {target.admin_token}",
             "Content-Type": "application/json",
@@ -327,16 +358,23 @@ def read_outputs(files: RunFiles) -> tuple[list[EndpointStats], ScenarioResults]
 
 
 def expectations(
-    scenario: str, params: ScenarioParams, results: ScenarioResults
+    scenario: str,
+    params: ScenarioParams,
+    results: ScenarioResults,
+    stock_filter: FilterAccess | None = None,
+    events: EventsAccess | None = None,
 ) -> SaleExpectations:
     keys = {(k.user_id, k.key): k.purchase_ids for k in results.keys}
+    stock = {i.item_id: i.stock for i in params.items}
     if scenario != "abusive":
-        return SaleExpectations(stock={i.item_id: i.stock for i in params.items}, keys=keys)
+        return SaleExpectations(stock=stock, keys=keys, stock_filter=stock_filter, events=events)
     return SaleExpectations(
-        stock={i.item_id: i.stock for i in params.items},
+        stock=stock,
         keys=keys,
         untouched_user_prefixes=(params.user_prefix("x"),),
         untouched_items=tuple(i.item_id for i in params.items if i.weight == 0),
+        stock_filter=stock_filter,
+        events=events,
     )
 
 

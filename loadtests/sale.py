@@ -25,6 +25,8 @@ class SaleOutcome:
     statuses: Counter[int] = field(default_factory=Counter)
     accepted: list[str] = field(default_factory=list)
     final: Counter[str] = field(default_factory=Counter)
+    # purchase id -> the status its owner's long poll answered
+    final_by_id: dict[str, str] = field(default_factory=dict)
     latencies_s: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     sellout_s: float | None = None
@@ -50,10 +52,12 @@ async def create_item(
     item_id: str,
     stock: int,
     per_user_limit: int = 1,
+    **terms: object,
 ) -> dict[str, object]:
+    """PUT the item; `terms` are the optional fields of api.md (starts_at, hold_s...)."""
     async with session.put(
         f"{target.gateway_url}/v1/items/{item_id}",
-        json={"stock": stock, "per_user_limit": per_user_limit},
+        json={"stock": stock, "per_user_limit": per_user_limit, **terms},
         headers={"Authorization": f"Bearer {target.admin_token}"},
     ) as response:
         body: dict[str, object] = await response.json()
@@ -102,7 +106,9 @@ async def _await_final(
     try:
         async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
             body = await response.json()
-            outcome.final[str(body.get("status", f"http {response.status}"))] += 1
+            status = str(body.get("status", f"http {response.status}"))
+            outcome.final[status] += 1
+            outcome.final_by_id[purchase_id] = status
     except (aiohttp.ClientError, TimeoutError):
         outcome.final["unanswered"] += 1
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SCENARIOS = ("spike", "retry-storm", "multi-item", "abusive")
+SCENARIOS = ("spike", "retry-storm", "multi-item", "abusive", "cancellations")
 
 
 def locustfile_path(scenario: str) -> Path:

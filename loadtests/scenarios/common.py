@@ -200,7 +200,7 @@ class BuyerUser(FastHttpUser):
         elif answer.purchase_id is not None:
             recorder.accept(answer.purchase_id)
 
-    def await_final(self, buyer: Buyer, purchase_id: str) -> None:
+    def await_final(self, buyer: Buyer, purchase_id: str) -> Answer:
         """Long-poll the purchase until it is final (or the wait ends), as a buyer's page would."""
         path = f"{PURCHASES_PATH}/{purchase_id}?wait={self.sale.params.result_wait_s:g}"
         answer = send(self.client, "GET", path, POLL, POLL_ANSWERS, headers=buyer.headers())
@@ -211,6 +211,7 @@ class BuyerUser(FastHttpUser):
             self.sale.recorder.broke_rule(
                 POLL, answer, "its owner could not read an accepted purchase"
             )
+        return answer
 
 
 def install(*user_classes: type[BuyerUser]) -> None:

@@ -13,6 +13,7 @@ ENV_RUN_ID = "FLASHSALE_LT_RUN_ID"
 ENV_ITEMS = "FLASHSALE_LT_ITEMS"
 ENV_RESULTS = "FLASHSALE_LT_RESULTS"
 ENV_RESULT_WAIT_S = "FLASHSALE_LT_RESULT_WAIT_S"
+ENV_ADMIN_TOKEN = "FLASHSALE_LT_ADMIN_TOKEN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,8 @@ class ItemSpec:
     per_user_limit: int
     # Relative popularity: buyers pick items with these weights.
     weight: float = 1.0
+    # Units sell on hold: a confirmed purchase must be paid within this many seconds.
+    hold_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +37,14 @@ class ScenarioParams:
     results_path: str
     # How long one GET /v1/purchases/{id}?wait= may hold the answer.
     result_wait_s: float = 10.0
+    # The payment system's token (admin): only scenarios that pay holds get it.
+    admin_token: str = ""
 
     def user_prefix(self, role: str) -> str:
         return f"lt-{self.run_id}-{role}-"
 
     def to_env(self) -> dict[str, str]:
-        items = [[i.item_id, i.stock, i.per_user_limit, i.weight] for i in self.items]
+        items = [[i.item_id, i.stock, i.per_user_limit, i.weight, i.hold_s] for i in self.items]
         return {
             ENV_GATEWAY_URL: self.gateway_url,
             ENV_SECRET: self.secret,
@@ -47,6 +52,7 @@ class ScenarioParams:
             ENV_ITEMS: json.dumps(items),
             ENV_RESULTS: self.results_path,
             ENV_RESULT_WAIT_S: str(self.result_wait_s),
+            ENV_ADMIN_TOKEN: self.admin_token,
         }
 
     @classmethod
@@ -58,8 +64,14 @@ class ScenarioParams:
         if missing:
             raise KeyError(f"{', '.join(missing)} not set: run scenarios with `flashsale loadtest`")
         items = tuple(
-            ItemSpec(str(item_id), int(stock), int(limit), float(weight))
-            for item_id, stock, limit, weight in json.loads(env[ENV_ITEMS])
+            ItemSpec(
+                str(item_id),
+                int(stock),
+                int(limit),
+                float(weight),
+                None if hold_s is None else int(hold_s),
+            )
+            for item_id, stock, limit, weight, hold_s in json.loads(env[ENV_ITEMS])
         )
         return cls(
             gateway_url=env[ENV_GATEWAY_URL],
@@ -68,4 +80,5 @@ class ScenarioParams:
             items=items,
             results_path=env.get(ENV_RESULTS, ""),
             result_wait_s=float(env.get(ENV_RESULT_WAIT_S, "10")),
+            admin_token=env.get(ENV_ADMIN_TOKEN, ""),
         )

@@ -15,10 +15,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
+import asyncpg
 import pytest
 
 from infra.stackfile import StackFile
 from loadtests.invariants import SaleExpectations, check_sale
+from loadtests.lifecycle import EventsAccess, FilterAccess, check_events, check_filter, check_topic
+from services.stockfilter.client import close_redis, open_redis
+from services.stockfilter.keys import stock_key
+from services.tokens import issue_token
+from tests.conftest import fresh_id
 
 FLASHSALE = [sys.executable, "-m", "infra.cli"]
 LOADTEST = [
@@ -56,9 +63,9 @@ def stack_dir(state_root: Path) -> Iterator[Path]:
         assert stopped.returncode == 0 or "no stack file" in stopped.stderr, stopped.stderr
 
 
-def loadtest(state_dir: Path, scenario: str) -> dict[str, object]:
+def loadtest(state_dir: Path, scenario: str, duration_s: str = DURATION_S) -> dict[str, object]:
     result = run(
-        [*LOADTEST, scenario, "--users", USERS, "--duration", DURATION_S, "--json"], state_dir
+        [*LOADTEST, scenario, "--users", USERS, "--duration", duration_s, "--json"], state_dir
     )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     summary: dict[str, object] = json.loads(result.stdout)
@@ -75,7 +82,8 @@ def test_without_a_running_stack_it_is_a_usage_error(tmp_path: Path) -> None:
 def test_help_names_every_scenario_and_setting(tmp_path: Path) -> None:
     result = run([*LOADTEST, "--help"], tmp_path)
     assert result.returncode == 0
-    for word in ("spike", "retry-storm", "multi-item", "abusive", "FLASHSALE_LOADTEST_USERS"):
+    words = ("spike", "retry-storm", "multi-item", "abusive", "cancellations")
+    for word in (*words, "FLASHSALE_LOADTEST_USERS"):
         assert word in result.stdout
 
 
@@ -108,6 +116,24 @@ def test_scenario_keeps_every_invariant(stack_dir: Path, scenario: str) -> None:
             assert all(label.startswith("4") or label in ("timeout", "error") for label in counts)
 
 
+def test_cancellations_sell_returned_units_again_and_keep_every_invariant(
+    stack_dir: Path,
+) -> None:
+    """Cancels, in-time and late payments and expiries while the sale runs: the
+    check (sold == confirmed + paid, returned units sold again or back in the
+    filter, an event published for every status change) passes, and each kind of
+    change really happened."""
+    summary = loadtest(stack_dir, "cancellations", duration_s="8")
+    for status in ("cancelled", "paid", "expired"):
+        count = summary[status]
+        assert isinstance(count, int) and count > 0, (status, summary)
+    assert isinstance(summary["returned_units"], int) and summary["returned_units"] > 0
+    answers = summary["answers"]
+    assert isinstance(answers, dict)
+    assert answers["POST /v1/purchases/[id]/cancel"].get("200", 0) > 0
+    assert answers["POST /v1/purchases/[id]/pay"].get("200", 0) > 0
+
+
 async def test_the_checks_catch_what_they_look_for(stack_dir: Path) -> None:
     """Fed a lost acceptance, a key answered with two ids and a missing item, the
     check reports each one: so a clean run's silence means something."""
@@ -122,3 +148,80 @@ async def test_the_checks_catch_what_they_look_for(stack_dir: Path) -> None:
     assert "item missing" in text
     assert "LOST" in text
     assert "KEY" in text
+
+
+async def _bought_and_cancelled(stack: StackFile, item_id: str) -> str:
+    """One unit of a new item bought, confirmed and cancelled through the gateway."""
+    token = issue_token(stack.secret, fresh_id(), 3600)
+    user = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.put(
+            f"{stack.gateway_url}/v1/items/{item_id}",
+            json={"stock": 3, "per_user_limit": 1},
+            headers={"Authorization": f"Bearer {stack.admin_token}"},
+        ) as response:
+            assert response.status == 201
+        async with http.post(
+            f"{stack.gateway_url}/v1/purchases",
+            json={"item_id": item_id, "quantity": 1},
+            headers={**user, "Idempotency-Key": fresh_id()},
+        ) as response:
+            assert response.status == 202
+            purchase_id = str((await response.json())["purchase_id"])
+        async with http.get(
+            f"{stack.gateway_url}/v1/purchases/{purchase_id}?wait=30", headers=user
+        ) as response:
+            assert (await response.json())["status"] == "confirmed"
+        async with http.post(
+            f"{stack.gateway_url}/v1/purchases/{purchase_id}/cancel", headers=user
+        ) as response:
+            assert response.status == 200
+    return purchase_id
+
+
+async def test_the_lifecycle_checks_catch_a_unit_returned_twice_and_a_lost_event(
+    stack_dir: Path,
+) -> None:
+    """A cancelled unit put back in the filter a second time, the outbox row of the
+    cancel deleted, an event marked published that never reached the topic: the
+    filter, outbox and topic checks each report theirs (and say nothing before),
+    so a clean cancellations run's silence means something."""
+    stack = StackFile.load(stack_dir)
+    settings = stack.settings()
+    access = FilterAccess(stack.redis_url, stack.redis_cluster, settings.stock_shards)
+    topic = EventsAccess(stack.kafka_bootstrap, settings.events_topic)
+    item_id = fresh_id()
+    purchase_id = await _bought_and_cancelled(stack, item_id)
+    conn = await asyncpg.connect(stack.database_url)
+    redis = open_redis(stack.redis_url, stack.redis_cluster)
+    try:
+        clean: list[str] = []
+        await check_filter(conn, access, [item_id], clean, settle_wait_s=30)
+        await check_events(conn, [item_id], clean, publish_wait_s=30)
+        await check_topic(conn, topic, [item_id], clean, read_timeout_s=60)
+        assert clean == []
+        # Straight after the damage: the reconciler repairs a drift only after
+        # several idle passes, and the check must see it first.
+        await redis.incrby(stock_key(item_id, 0), 1)
+        await conn.execute(
+            "DELETE FROM purchase_events WHERE event_id = $1", f"{purchase_id}:cancelled"
+        )
+        # An event marked published that the relay never sent.
+        await conn.execute(
+            "INSERT INTO purchase_events (event_id, purchase_id, user_id, item_id, quantity,"
+            " status, topic, kafka_partition, published_at)"
+            " VALUES ($1, 'p_never', 'u', $2, 1, 'confirmed', 'purchases', 0, now())",
+            "p_never:confirmed",
+            item_id,
+        )
+        found: list[str] = []
+        await check_filter(conn, access, [item_id], found, settle_wait_s=0)
+        await check_events(conn, [item_id], found, publish_wait_s=0)
+        await check_topic(conn, topic, [item_id], found, read_timeout_s=60)
+    finally:
+        await close_redis(redis)
+        await conn.close()
+    text = "\n".join(found)
+    assert "1 units went back on sale twice" in text, text
+    assert f"{purchase_id}:cancelled" in text, text
+    assert "1 events marked published are not on" in text and "p_never:confirmed" in text, text

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.lifecycle import FilterReading
 from loadtests.locust_stats import EndpointStats, merge, percentile_ms
 from loadtests.plans import DEFAULT_USERS, MULTI_ITEM_COUNT, plan_items
 from loadtests.runner import answer_violations
@@ -52,6 +53,20 @@ def test_params_travel_through_the_environment() -> None:
     assert ScenarioParams.from_env(params.to_env()) == params
     with pytest.raises(KeyError, match="flashsale loadtest"):
         ScenarioParams.from_env({})
+
+
+def test_holds_and_the_payment_token_travel_to_the_cancellations_scenario() -> None:
+    items = plan_items("cancellations", "abc123")
+    assert [item.hold_s for item in items] == [None, 2]
+    params = ScenarioParams("http://127.0.0.1:8080", "s", "abc123", items, "", admin_token="adm")
+    assert ScenarioParams.from_env(params.to_env()) == params
+
+
+def test_a_filter_reading_agrees_only_when_units_and_flight_make_stock_minus_sold() -> None:
+    assert FilterReading("i", 3, 2, 5).agrees
+    assert FilterReading("i", 4, 2, 5).drift == 1  # a unit back on sale twice
+    assert FilterReading("i", 2, 2, 5).drift == -1  # a returned unit lost
+    assert not FilterReading("i", None, 0, 0).agrees  # a shard missing
 
 
 def test_results_file_round_trips(tmp_path: Path) -> None:
