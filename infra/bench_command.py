@@ -5,18 +5,15 @@ Registered in infra/cli.py (LAZY_COMMANDS: imported only when run).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import uvloop
@@ -26,6 +23,8 @@ from rich.status import Status
 from rich.table import Table
 
 from infra.bench_locks_table import locks_table
+from infra.failure import print_failure
+from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
 from loadtests.bench.cpu import SystemProcesses, pids
 from loadtests.bench.report import BenchResults, machine_description, report_json
@@ -158,7 +157,8 @@ def bench(
     try:
         results = _run(config, console)
     except FlashsaleError as exc:
-        _fail(console, exc)
+        print_failure(console, "[bold red]bench failed:[/bold red]", exc)
+        sys.exit(1)
     report = report_json(results, machine)
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -197,22 +197,19 @@ def _run(config: _Config, console: Console) -> BenchResults:
     )
     root = Path(tempfile.mkdtemp(prefix="flashsale-bench-"))
     stack = EmbeddedStack(root, settings)
-    failed = True
-    try:
-        with _sigterm_as_interrupt(), console.status("starting the embedded stack") as status:
-            say = _progress(console, status)
-            stack.start_services(say)
-            stack.start_processes(config.consumers, say)
-            results = uvloop.run(run_bench(_access(stack), _bench_config(config, stack), say))
-        failed = False
-        return results
-    except KeyboardInterrupt:
-        failed = False  # asked to stop: nothing to investigate
-        raise
-    finally:
-        with _signals_ignored(), console.status("stopping everything the bench started"):
+
+    def stop(ended: BaseException | None) -> None:
+        with console.status("stopping everything the bench started"):
             stack.stop()
+        # Asked to stop (Ctrl-C, SIGTERM): nothing to investigate.
+        failed = ended is not None and not isinstance(ended, KeyboardInterrupt)
         _clean(root, keep_logs=failed, console=console)
+
+    with stack_lifecycle(stop), console.status("starting the embedded stack") as status:
+        say = _progress(console, status)
+        stack.start_services(say)
+        stack.start_processes(config.consumers, say)
+        return uvloop.run(run_bench(_access(stack), _bench_config(config, stack), say))
 
 
 def _access(stack: EmbeddedStack) -> StackAccess:
@@ -275,44 +272,6 @@ def _clean(root: Path, keep_logs: bool, console: Console) -> None:
         return
     shutil.rmtree(root / "postgres" / "pgdata", ignore_errors=True)
     console.print(f"[yellow]logs kept in {root}[/yellow]")
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM both take the Ctrl-C path (KeyboardInterrupt, or the event
-    loop cancelling the run), so the same cleanup runs. SIGINT is set explicitly:
-    a shell starts background jobs with it ignored."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        signal.raise_signal(signal.SIGINT)
-
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    previous_term = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGINT, previous_int)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """A second Ctrl-C must not cut the cleanup short."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _fail(console: Console, exc: BaseException) -> NoReturn:
-    console.print(f"[bold red]bench failed:[/bold red] {exc}")
-    cause = exc.__cause__
-    while cause is not None:
-        console.print(f"  [red]caused by:[/red] {type(cause).__name__}: {cause}")
-        cause = cause.__cause__
-    sys.exit(1)
 
 
 def _cell(value: object) -> str:

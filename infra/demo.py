@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
 from loadtests.invariants import InvariantReport, check_invariants
 from loadtests.sale import SaleOutcome, SaleTarget, create_item, run_sale
@@ -22,7 +23,14 @@ DEMO_ITEM = "sku-demo"
 def run_demo(buyers: int, stock: int, consumers: int, console: Console) -> bool:
     root = Path(tempfile.mkdtemp(prefix="flashsale-demo-"))
     stack = EmbeddedStack(root, Settings.from_env(gateway_port=0, postgres_fsync=False))
-    try:
+
+    def stop(ended: BaseException | None) -> None:
+        with console.status("stopping the stack"):
+            stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        console.print("[dim]stack stopped; nothing left running[/dim]")
+
+    with stack_lifecycle(stop):
         with console.status("starting the embedded stack") as spinner:
             stack.start_services(spinner.update)
             stack.start_processes(consumers, spinner.update)
@@ -40,11 +48,6 @@ def run_demo(buyers: int, stock: int, consumers: int, console: Console) -> bool:
         )
         _print_results(console, outcome, report, stock)
         return report.ok and outcome.final.get("confirmed", 0) == min(stock, buyers)
-    finally:
-        with console.status("stopping the stack"):
-            stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        console.print("[dim]stack stopped; nothing left running[/dim]")
 
 
 def _sale_with_progress(
