@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from services.errors import FlashsaleError
 from services.tokens import issue_token
 
 CONNECTIONS = 512
@@ -37,6 +38,10 @@ class SaleOutcome:
         return ordered[index] * 1000
 
 
+class ItemNotCreatedError(FlashsaleError):
+    """The admin API answered a PUT /v1/items/{id} with neither 200 nor 201."""
+
+
 @dataclass
 class SaleTarget:
     gateway_url: str
@@ -51,6 +56,7 @@ async def create_item(
     stock: int,
     per_user_limit: int = 1,
 ) -> dict[str, object]:
+    """The one way the load drivers put an item on sale: the admin API, as an operator does."""
     async with session.put(
         f"{target.gateway_url}/v1/items/{item_id}",
         json={"stock": stock, "per_user_limit": per_user_limit},
@@ -58,7 +64,7 @@ async def create_item(
     ) as response:
         body: dict[str, object] = await response.json()
         if response.status not in (200, 201):
-            raise RuntimeError(f"creating {item_id} failed: {response.status} {body}")
+            raise ItemNotCreatedError(f"creating {item_id} failed: {response.status} {body}")
         return body
 
 
