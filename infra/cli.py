@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ import click
 from infra.cli_options import state_dir_option
 from infra.lazygroup import LazyGroup
 from infra.stackfile import StackFile, stack_lock
-from services.errors import FlashsaleError, StackNotRunningError, StackRunningError
+from services.errors import FlashsaleError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -134,68 +133,15 @@ def up(
     consumers: int, redis_cluster: bool, detach: bool, port: int, gateways: int, state_dir: Path
 ) -> None:
     """Start the embedded stack (Postgres, Redis, broker), the gateway and N consumers."""
-    from infra.lifecycle import stack_lifecycle, wait_for_interrupt  # noqa: PLC0415
-    from infra.stack import EmbeddedStack  # noqa: PLC0415
+    from infra.up import run_up  # noqa: PLC0415
     from services.settings import Settings  # noqa: PLC0415
 
-    console = _err()
     settings = Settings.from_env(
         gateway_port=port, state_dir=state_dir, redis_cluster=redis_cluster
     )
     if consumers > settings.partitions:
         _warn(f"{consumers} consumers for {settings.partitions} partitions: some will sit idle")
-
-    def stop(ended: BaseException | None) -> None:
-        if ended is not None:
-            console.print("[yellow]start failed or interrupted; stopping what was started[/yellow]")
-        stack.stop(_say)
-        StackFile.remove(state_dir)
-
-    try:
-        with contextlib.ExitStack() as locked:
-            # Held until stack.json is written: a `down` or `scale` meanwhile waits for it.
-            locked.enter_context(stack_lock(state_dir))
-            _refuse_second_stack(state_dir)
-            stack = EmbeddedStack(state_dir, settings, redis_cluster=redis_cluster)
-            with stack_lifecycle(stop) as lifecycle:
-                stack.start_services(_say)
-                stack.start_processes(consumers, _say, gateways=gateways)
-                stack_file = stack.stack_file()
-                if not detach:
-                    stack_file.record_supervisor(os.getpid())
-                path = stack_file.save(state_dir)
-                locked.close()
-                _print_ready(stack_file, path)
-                if detach:
-                    lifecycle.detach()
-                    return
-                console.print("[bold]running; Ctrl-C stops everything[/bold]")
-                wait_for_interrupt()
-    except KeyboardInterrupt:
-        sys.exit(130)  # interrupted while starting: what was started is stopped
-    console.print("[green]stopped[/green]")
-
-
-def _refuse_second_stack(state_dir: Path) -> None:
-    from infra.stack import stack_is_running  # noqa: PLC0415
-
-    try:
-        existing = StackFile.load(state_dir)
-    except StackNotRunningError:
-        return
-    if stack_is_running(existing):
-        raise StackRunningError(
-            f"a stack is already running from {state_dir} (gateway {existing.gateway_url}); "
-            "run `flashsale down` first"
-        )
-    StackFile.remove(state_dir)
-
-
-def _print_ready(stack_file: StackFile, path: Path) -> None:
-    out = _out()
-    out.print(f"[green]ready[/green]  gateway {stack_file.gateway_url}")
-    out.print(f"admin token: {stack_file.admin_token}")
-    out.print(f"stack file:  {path}")
+    run_up(settings, consumers, gateways, detach, _say, _err(), _out())
 
 
 @main.command()
