@@ -22,6 +22,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from services.errors import UnavailableError
 from services.failpoints import failpoint
+from services.producer import started_producer
 from services.resources import CoreResources
 from services.settings import Settings
 from services.store.outbox import OutboxEvent, mark_published, unpublished_events
@@ -33,8 +34,6 @@ RELAY_BATCH = 500
 RELAY_IDLE_S = 0.2
 SEND_TIMEOUT_S = 10.0
 LINGER_MS = 5
-# As for the purchases producer: a restarted embedded broker may recreate topics.
-METADATA_MAX_AGE_MS = 5_000
 
 
 class EventRelay:
@@ -124,22 +123,7 @@ class EventRelay:
 
 @contextlib.asynccontextmanager
 async def open_event_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        # The broker refuses InitProducerId; readers deduplicate on event_id.
-        enable_idempotence=False,
-        linger_ms=LINGER_MS,
-        metadata_max_age_ms=METADATA_MAX_AGE_MS,
-        request_timeout_ms=int(SEND_TIMEOUT_S * 1000) // 2,
-        client_id=f"flashsale-relay-{settings.consumer_name or 'consumer'}",
-    )
-    try:
-        await producer.start()
-    except (KafkaError, OSError) as exc:
-        await producer.stop()
-        raise UnavailableError(f"kafka unavailable at {settings.kafka_bootstrap}: {exc!r}") from exc
-    try:
+    client_id = f"flashsale-relay-{settings.consumer_name or 'consumer'}"
+    timeout_ms = int(SEND_TIMEOUT_S * 1000) // 2
+    async with started_producer(settings, LINGER_MS, timeout_ms, client_id) as producer:
         yield producer
-    finally:
-        await producer.stop()

@@ -5,27 +5,23 @@ Registered in infra/cli.py (LAZY_COMMANDS: imported only when run).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
 
 import click
 import uvloop
-from rich import box
 from rich.console import Console
 from rich.status import Status
-from rich.table import Table
 
-from infra.bench_locks_table import locks_table
+from infra.bench_tables import report_tables
+from infra.failure import print_failure
+from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
 from loadtests.bench.cpu import SystemProcesses, pids
 from loadtests.bench.report import BenchResults, machine_description, report_json
@@ -47,7 +43,6 @@ DEFAULT_CONSUMERS = 2
 # Every simulated buyer comes from 127.0.0.1: with the per-address default of
 # the gateway, most requests would measure the 429 path. The limiter still runs.
 BENCH_CLIENT_RATE = "1000000/second"
-SYSTEMS = ("flashsale", "redis_lock", "redis_lock_queued", "postgres_row", "bare_http")
 
 
 @click.command()
@@ -170,14 +165,15 @@ def bench(
     try:
         results = _run(config, console)
     except FlashsaleError as exc:
-        _fail(console, exc)
+        print_failure(console, "[bold red]bench failed:[/bold red]", exc)
+        sys.exit(1)
     report = report_json(results, machine)
     report["gateways"] = gateways
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         out = Console()
-        for table in _tables(report):
+        for table in report_tables(report):
             out.print(table)
 
 
@@ -211,22 +207,19 @@ def _run(config: _Config, console: Console) -> BenchResults:
     )
     root = Path(tempfile.mkdtemp(prefix="flashsale-bench-"))
     stack = EmbeddedStack(root, settings)
-    failed = True
-    try:
-        with _sigterm_as_interrupt(), console.status("starting the embedded stack") as status:
-            say = _progress(console, status)
-            stack.start_services(say)
-            stack.start_processes(config.consumers, say, gateways=config.gateways)
-            results = uvloop.run(run_bench(_access(stack), _bench_config(config, stack), say))
-        failed = False
-        return results
-    except KeyboardInterrupt:
-        failed = False  # asked to stop: nothing to investigate
-        raise
-    finally:
-        with _signals_ignored(), console.status("stopping everything the bench started"):
+
+    def stop(ended: BaseException | None) -> None:
+        with console.status("stopping everything the bench started"):
             stack.stop()
+        # Asked to stop (Ctrl-C, SIGTERM): nothing to investigate.
+        failed = ended is not None and not isinstance(ended, KeyboardInterrupt)
         _clean(root, keep_logs=failed, console=console)
+
+    with stack_lifecycle(stop), console.status("starting the embedded stack") as status:
+        say = _progress(console, status)
+        stack.start_services(say)
+        stack.start_processes(config.consumers, say, gateways=config.gateways)
+        return uvloop.run(run_bench(_access(stack), _bench_config(config, stack), say))
 
 
 def _access(stack: EmbeddedStack) -> StackAccess:
@@ -290,114 +283,3 @@ def _clean(root: Path, keep_logs: bool, console: Console) -> None:
         return
     shutil.rmtree(root / "postgres" / "pgdata", ignore_errors=True)
     console.print(f"[yellow]logs kept in {root}[/yellow]")
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM both take the Ctrl-C path (KeyboardInterrupt, or the event
-    loop cancelling the run), so the same cleanup runs. SIGINT is set explicitly:
-    a shell starts background jobs with it ignored."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        signal.raise_signal(signal.SIGINT)
-
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    previous_term = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGINT, previous_int)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """A second Ctrl-C must not cut the cleanup short."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _fail(console: Console, exc: BaseException) -> NoReturn:
-    console.print(f"[bold red]bench failed:[/bold red] {exc}")
-    cause = exc.__cause__
-    while cause is not None:
-        console.print(f"  [red]caused by:[/red] {type(cause).__name__}: {cause}")
-        cause = cause.__cause__
-    sys.exit(1)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        decimals = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
-        return f"{value:,.{decimals}f}"
-    return str(value)
-
-
-def _tables(report: dict[str, Any]) -> list[Table]:
-    tables = []
-    if "systems" in report:
-        tables.append(_systems_table(report))
-    if {"open_stock", "apply", "lock_under_pause", "ratios"} <= report.keys():
-        tables.append(_phases_table(report))
-    if "locks" in report:
-        tables.append(locks_table(report["locks"], report["machine"]))
-    return tables
-
-
-def _systems_table(report: dict[str, Any]) -> Table:
-    table = Table(
-        title=f"{report['requests']:,} buyers, {report['stock']} units, same load for each",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
-    table.add_column("system", no_wrap=True)
-    for column in ("answered/s", "p50 ms", "p99 ms", "sellout s", "sold", "oversold"):
-        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
-    for name in SYSTEMS:
-        figures = report["systems"][name]
-        table.add_row(
-            name,
-            *(
-                _cell(figures.get(key))
-                for key in (
-                    "answered_per_s",
-                    "p50_ms",
-                    "p99_ms",
-                    "sellout_s",
-                    "confirmed",
-                    "oversold",
-                )
-            ),
-        )
-    return table
-
-
-def _phases_table(report: dict[str, Any]) -> Table:
-    table = Table(
-        title="other phases and ratios",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        caption=report["machine"],
-    )
-    table.add_column("figure", no_wrap=True)
-    table.add_column("value", justify="right")
-    open_stock, apply, pause = report["open_stock"], report["apply"], report["lock_under_pause"]
-    rows = [
-        ("open_stock admitted/s", open_stock["admitted_per_s"]),
-        ("open_stock p99 ms", open_stock["p99_ms"]),
-        ("open_stock postgres_row sold/s", open_stock["postgres_row_sold_per_s"]),
-        ("apply batched records/s", apply["batched_per_s"]),
-        ("apply one-by-one records/s", apply["one_by_one_per_s"]),
-        ("lock_under_pause redis_lock oversold", pause["redis_lock_oversold"]),
-        ("lock_under_pause flashsale oversold", pause["flashsale_oversold"]),
-        *((f"ratio {name}", ratio) for name, ratio in report["ratios"].items()),
-    ]
-    for label, value in rows:
-        table.add_row(label, _cell(value))
-    return table

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.faults import FAULTS, NETWORK_FAULTS, FaultInjector
+from infra.lifecycle import stack_lifecycle
 from infra.nemesis import HEAL_BOUND_S, SESSION_TIMEOUT_S, FaultEvent, Nemesis, schedule
 from infra.netlab import NetLab, NetLabUnavailable
 from infra.stack import EmbeddedStack
@@ -89,17 +90,19 @@ def _run(options: ChaosOptions, console: Console, lab: NetLab | None) -> bool:
     run_dir = options.state_dir / "chaos" / f"seed{options.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     stack = EmbeddedStack(run_dir / "stack", _settings(), netlab=lab)
     writer = HistoryWriter(run_dir / HISTORY_FILE)
-    try:
-        with console.status("starting the embedded stack") as spinner:
-            stack.start_services(spinner.update)
-            stack.start_processes(CONSUMERS, spinner.update, gateways=GATEWAYS)
-        report = asyncio.run(_sale(stack, options, events, writer, console))
-    finally:
+
+    def stop(ended: BaseException | None) -> None:
         writer.close()
         with console.status("stopping the stack"):
             stack.stop()
         for folder in DATA_FOLDERS:
             shutil.rmtree(stack.state_dir / folder, ignore_errors=True)
+
+    with stack_lifecycle(stop):
+        with console.status("starting the embedded stack") as spinner:
+            stack.start_services(spinner.update)
+            stack.start_processes(CONSUMERS, spinner.update, gateways=GATEWAYS)
+        report = asyncio.run(_sale(stack, options, events, writer, console))
     _print_report(console, report, options, writer.path.resolve())
     return report.ok
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
@@ -21,7 +18,7 @@ import click
 from infra.cli_options import state_dir_option
 from infra.lazygroup import LazyGroup
 from infra.stackfile import StackFile, stack_lock
-from services.errors import FlashsaleError, StackNotRunningError, StackRunningError
+from services.errors import FlashsaleError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -60,12 +57,9 @@ def _warn(message: str) -> None:
 
 
 def _fail(exc: BaseException) -> None:
-    console = _err()
-    console.print(f"[bold red]error:[/bold red] {exc}")
-    cause = exc.__cause__
-    while cause is not None:
-        console.print(f"  [red]caused by:[/red] {type(cause).__name__}: {cause}")
-        cause = cause.__cause__
+    from infra.failure import print_failure  # noqa: PLC0415
+
+    print_failure(_err(), "[bold red]error:[/bold red]", exc)
     sys.exit(1)
 
 
@@ -139,114 +133,15 @@ def up(
     consumers: int, redis_cluster: bool, detach: bool, port: int, gateways: int, state_dir: Path
 ) -> None:
     """Start the embedded stack (Postgres, Redis, broker), the gateway and N consumers."""
-    from infra.stack import EmbeddedStack  # noqa: PLC0415
+    from infra.up import run_up  # noqa: PLC0415
     from services.settings import Settings  # noqa: PLC0415
 
-    console = _err()
     settings = Settings.from_env(
         gateway_port=port, state_dir=state_dir, redis_cluster=redis_cluster
     )
     if consumers > settings.partitions:
         _warn(f"{consumers} consumers for {settings.partitions} partitions: some will sit idle")
-    interrupted = _StopFlag()
-    # Held until stack.json is written: a `down` or `scale` meanwhile waits for it.
-    with stack_lock(state_dir):
-        _refuse_second_stack(state_dir)
-        stack = EmbeddedStack(state_dir, settings, redis_cluster=redis_cluster)
-        try:
-            with interrupted.catching():
-                stack.start_services(_say)
-                stack.start_processes(consumers, _say, gateways=gateways)
-                stack_file = stack.stack_file()
-                if not detach:
-                    stack_file.record_supervisor(os.getpid())
-                path = stack_file.save(state_dir)
-        except BaseException as exc:
-            console.print("[yellow]start failed or interrupted; stopping what was started[/yellow]")
-            # A second Ctrl-C must not cut the cleanup short and leave children running.
-            with interrupted.shielded():
-                stack.stop(_say)
-                StackFile.remove(state_dir)
-            if isinstance(exc, FlashsaleError):
-                raise
-            sys.exit(130)
-    _print_ready(stack_file, path)
-    if detach:
-        return
-    console.print("[bold]running; Ctrl-C stops everything[/bold]")
-    interrupted.wait()
-    with interrupted.shielded():
-        stack.stop(_say)
-        StackFile.remove(state_dir)
-    console.print("[green]stopped[/green]")
-
-
-def _refuse_second_stack(state_dir: Path) -> None:
-    from infra.stack import stack_is_running  # noqa: PLC0415
-
-    try:
-        existing = StackFile.load(state_dir)
-    except StackNotRunningError:
-        return
-    if stack_is_running(existing):
-        raise StackRunningError(
-            f"a stack is already running from {state_dir} (gateway {existing.gateway_url}); "
-            "run `flashsale down` first"
-        )
-    StackFile.remove(state_dir)
-
-
-def _print_ready(stack_file: StackFile, path: Path) -> None:
-    out = _out()
-    out.print(f"[green]ready[/green]  gateway {stack_file.gateway_url}")
-    out.print(f"admin token: {stack_file.admin_token}")
-    out.print(f"stack file:  {path}")
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM flip a flag instead of raising in the middle of a start."""
-
-    def __init__(self) -> None:
-        self.stopping = False
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
-        raise KeyboardInterrupt
-
-    def _flag_only(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
-
-    def catching(self) -> _SignalScope:
-        return _SignalScope(self._handler)
-
-    def shielded(self) -> _SignalScope:
-        """SIGINT/SIGTERM only noted: for the stop that must run to its end."""
-        return _SignalScope(self._flag_only)
-
-    def wait(self) -> None:
-        with self.catching():
-            try:
-                while True:
-                    signal.pause()
-            except KeyboardInterrupt:
-                pass
-
-
-class _SignalScope:
-    def __init__(self, handler: signal.Handlers | object) -> None:
-        self.handler = handler
-        self.previous: list[object] = []
-
-    def __enter__(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous.append(signal.signal(sig, self.handler))  # type: ignore[arg-type]
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in zip((signal.SIGINT, signal.SIGTERM), self.previous, strict=True):
-            signal.signal(sig, previous)  # type: ignore[arg-type]
-        self.previous.clear()
+    run_up(settings, consumers, gateways, detach, _say, _err(), _out())
 
 
 @main.command()

@@ -32,6 +32,7 @@ from infra.demo_lifecycle import (
     wait_for_remaining,
     wait_until,
 )
+from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
 from loadtests.invariants import InvariantReport, SaleExpectations, check_sale
 from loadtests.lifecycle import EventsAccess, FilterAccess
@@ -69,7 +70,14 @@ class Story:
 def run_demo(buyers: int, stock: int, consumers: int, console: Console) -> bool:
     root = Path(tempfile.mkdtemp(prefix="flashsale-demo-"))
     stack = EmbeddedStack(root, Settings.from_env(gateway_port=0, postgres_fsync=False))
-    try:
+
+    def stop(ended: BaseException | None) -> None:
+        with console.status("stopping the stack"):
+            stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        console.print("[dim]stack stopped; nothing left running[/dim]")
+
+    with stack_lifecycle(stop):
         with console.status("starting the embedded stack") as spinner:
             stack.start_services(spinner.update)
             stack.start_processes(consumers, spinner.update)
@@ -102,11 +110,6 @@ def run_demo(buyers: int, stock: int, consumers: int, console: Console) -> bool:
             and story.expired > 0
             and story.sold_again
         )
-    finally:
-        with console.status("stopping the stack"):
-            stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        console.print("[dim]stack stopped; nothing left running[/dim]")
 
 
 def _step(console: Console, number: int, text: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from infra.embedded.proc import kill_pid, pid_alive, terminate_pid
 from infra.netlab import NetLab
 from infra.processes import start_gateway
-from infra.stack import EmbeddedStack
+from infra.stack import CONSUMER_STOP_GRACE_S, EmbeddedStack
 from services.errors import ServiceStartError, UnavailableError
 from services.topics import ensure_topic
 
@@ -41,8 +41,6 @@ FAULTS = (
 NETWORK_FAULTS = frozenset(
     {"partition_consumer_broker", "partition_consumer_postgres", "slow_consumer"}
 )
-# Leaving the group cleanly takes a batch and a rebalance (as `consumers scale`).
-CONSUMER_STOP_GRACE_S = 15.0
 
 
 @dataclass

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from infra.failure import print_failure
 from infra.stackfile import StackFile
 from loadtests.lifecycle import EventsAccess, FilterAccess
 from loadtests.plans import DEFAULT_DURATION_S, DEFAULT_USERS
@@ -177,21 +178,13 @@ def loadtest(
         )
     except LoadtestError as exc:
         progress.done()
-        _print_failure(err, exc)
+        print_failure(err, "[bold red]load test could not run:[/bold red]", exc)
         sys.exit(EXIT_COULD_NOT_RUN)
     if as_json:
         click.echo(json.dumps(summary.as_json()))
     else:
         print_summary(Console(), summary)
     sys.exit(0 if summary.ok else EXIT_VIOLATION)
-
-
-def _print_failure(console: Console, exc: BaseException) -> None:
-    console.print(f"[bold red]load test could not run:[/bold red] {escape(str(exc))}")
-    cause = exc.__cause__
-    while cause is not None:
-        console.print(f"  [red]caused by:[/red] {type(cause).__name__}: {escape(str(cause))}")
-        cause = cause.__cause__
 
 
 def print_summary(console: Console, summary: LoadtestSummary) -> None:

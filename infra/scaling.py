@@ -10,11 +10,8 @@ from pathlib import Path
 
 from infra.embedded.proc import process_identity, terminate_pid
 from infra.processes import start_consumer
-from infra.stack import topic_partitions, wait_for_consumers
+from infra.stack import CONSUMER_STOP_GRACE_S, topic_partitions, wait_for_consumers
 from infra.stackfile import StackFile, stack_lock
-
-# Leaving the group cleanly takes a batch and a rebalance; give it time.
-CONSUMER_STOP_GRACE_S = 15.0
 
 
 def scale_consumers(

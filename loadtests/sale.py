@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from services.errors import FlashsaleError
 from services.tokens import issue_token
 
 CONNECTIONS = 512
@@ -39,6 +40,10 @@ class SaleOutcome:
         return ordered[index] * 1000
 
 
+class ItemNotCreatedError(FlashsaleError):
+    """The admin API answered a PUT /v1/items/{id} with neither 200 nor 201."""
+
+
 @dataclass
 class SaleTarget:
     gateway_url: str
@@ -54,7 +59,8 @@ async def create_item(
     per_user_limit: int = 1,
     **terms: object,
 ) -> dict[str, object]:
-    """PUT the item; `terms` are the optional fields of api.md (starts_at, hold_s...)."""
+    """The one way the load drivers put an item on sale: the admin API, as an
+    operator does; `terms` are the optional fields of api.md (starts_at, hold_s...)."""
     async with session.put(
         f"{target.gateway_url}/v1/items/{item_id}",
         json={"stock": stock, "per_user_limit": per_user_limit, **terms},
@@ -62,7 +68,7 @@ async def create_item(
     ) as response:
         body: dict[str, object] = await response.json()
         if response.status not in (200, 201):
-            raise RuntimeError(f"creating {item_id} failed: {response.status} {body}")
+            raise ItemNotCreatedError(f"creating {item_id} failed: {response.status} {body}")
         return body
 
 

@@ -83,18 +83,20 @@ class PurchaseProducer:
 
 
 @contextlib.asynccontextmanager
-async def open_producer(
-    settings: Settings, tracing: Tracing = NO_TRACING
-) -> AsyncIterator[PurchaseProducer]:
+async def started_producer(
+    settings: Settings, linger_ms: int, request_timeout_ms: int, client_id: str
+) -> AsyncIterator[AIOKafkaProducer]:
+    """A started Kafka producer, stopped at the block's end; UnavailableError if it cannot start."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
-        # The broker refuses InitProducerId; Postgres removes duplicates anyway.
+        # The broker refuses InitProducerId; every reader removes duplicates
+        # (Postgres on the idempotency key, event readers on event_id).
         enable_idempotence=False,
-        linger_ms=LINGER_MS,
+        linger_ms=linger_ms,
         metadata_max_age_ms=METADATA_MAX_AGE_MS,
-        request_timeout_ms=int(PRODUCE_TIMEOUT_S * 1000),
-        client_id=f"flashsale-{settings.consumer_name or 'gateway'}",
+        request_timeout_ms=request_timeout_ms,
+        client_id=client_id,
     )
     try:
         await producer.start()
@@ -102,6 +104,16 @@ async def open_producer(
         await producer.stop()
         raise UnavailableError(f"kafka unavailable at {settings.kafka_bootstrap}: {exc!r}") from exc
     try:
-        yield PurchaseProducer(producer, settings.topic, tracing)
+        yield producer
     finally:
         await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def open_producer(
+    settings: Settings, tracing: Tracing = NO_TRACING
+) -> AsyncIterator[PurchaseProducer]:
+    client_id = f"flashsale-{settings.consumer_name or 'gateway'}"
+    timeout_ms = int(PRODUCE_TIMEOUT_S * 1000)
+    async with started_producer(settings, LINGER_MS, timeout_ms, client_id) as producer:
+        yield PurchaseProducer(producer, settings.topic, tracing)

@@ -16,7 +16,7 @@ from infra.embedded.proc import (
     require_binary,
     require_free_port,
     spawn,
-    terminate_pid,
+    stop_child,
     wait_until,
 )
 
@@ -80,10 +80,7 @@ class EmbeddedBroker:
         )
 
     def stop(self) -> None:
-        if self.pid is not None:
-            terminate_pid(self.pid)
-        if self.process is not None:
-            self.process.wait(timeout=10)
+        stop_child(self.process, self.pid)
         self.process = None
         self.pid = None
 

@@ -14,7 +14,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.embedded.proc import free_port, require_free_port, spawn, terminate_pid, wait_until
+from infra.embedded.proc import (
+    free_port,
+    require_free_port,
+    spawn,
+    stop_child,
+    wait_until,
+)
 from services.errors import ServiceStartError
 
 INSTALL_HINT = "install etcd (apt-get install etcd-server)"
@@ -89,7 +95,5 @@ class EmbeddedEtcd:
         )
 
     def stop(self) -> None:
-        if self.process is not None:
-            terminate_pid(self.process.pid)
-            self.process.wait(timeout=10)
+        stop_child(self.process, None if self.process is None else self.process.pid)
         self.process = None

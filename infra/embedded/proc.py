@@ -127,6 +127,14 @@ def terminate_pid(pid: int, grace_s: float = STOP_GRACE_S) -> None:
     kill_pid(pid)
 
 
+def stop_child(process: subprocess.Popen[bytes] | None, pid: int | None) -> None:
+    """Stop a service we spawned (`terminate_pid`), then reap it."""
+    if pid is not None:
+        terminate_pid(pid)
+    if process is not None:
+        process.wait(timeout=10)
+
+
 def kill_pid(pid: int, timeout_s: float = 5.0) -> None:
     try:
         os.kill(pid, signal.SIGKILL)

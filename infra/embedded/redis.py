@@ -14,7 +14,7 @@ from infra.embedded.proc import (
     port_answers,
     require_free_port,
     spawn,
-    terminate_pid,
+    stop_child,
     wait_until,
 )
 from services.errors import ServiceStartError
@@ -104,10 +104,7 @@ class RedisNode:
         )
 
     def stop(self) -> None:
-        if self.pid is not None:
-            terminate_pid(self.pid)
-        if self.process is not None:
-            self.process.wait(timeout=10)
+        stop_child(self.process, self.pid)
         self.process = None
         self.pid = None
 

@@ -27,7 +27,6 @@ import contextlib
 import json
 import random
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -36,10 +35,10 @@ from typing import Any, NoReturn
 
 import asyncpg
 import redis.asyncio as aioredis
-import uvloop
 from aiohttp import web
 from redis.commands.core import AsyncScript
 
+from loadtests.bench.serve import serve_on_fd
 from services.store.db import open_pool
 from services.store.queries import parse_queries
 from services.tokens import TokenError, verify_token
@@ -60,7 +59,6 @@ BACKOFF_BASE_S = 0.001
 # Measured here with 256 waiters in one process: a 20 ms cap spends the server's
 # CPU on retries (~40 answers/s, many 503s); 200 ms is near the best (~300/s).
 BACKOFF_CAP_S = 0.2
-SHUTDOWN_TIMEOUT_S = 2.0
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.Response]]
 
@@ -287,16 +285,7 @@ def _arguments() -> tuple[BaselineConfig, int]:
 
 def main() -> None:
     config, fd = _arguments()
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    sock = socket.socket(fileno=fd)
-    web.run_app(
-        create_app(config),
-        sock=sock,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-    )
+    serve_on_fd(lambda: create_app(config), fd)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,14 @@ with its own event loop and its share of the connections. They start together:
 each one signs its tokens, says `ready`, and waits for the parent's `go`. The
 run's window is from the earliest start to the latest finish (wall clock).
 
-Run as `python -m loadtests.bench.loadgen`: per run, one shard plan (a JSON
-line) on stdin, then `go`; it answers `ready`, then its result (a JSON line).
+Each client process runs loadtests.bench.loadclient: per run, one shard plan
+(a JSON line) on stdin, then `go`; it answers `ready`, then its result (a JSON line).
+
+Not Locust (which drives `flashsale loadtest`'s scenarios): the bench must send
+every system exactly the same burst, one request per buyer, started together in
+every process (ready/go) and with every latency kept, and the generator's own
+cost per request must stay small (tokens signed before the clock starts, uvloop,
+no per-user greenlets or live statistics) so that the systems are what is measured.
 """
 
 from __future__ import annotations
@@ -17,17 +23,12 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import aiohttp
-import uvloop
-
 from loadtests.bench.errors import BenchError
-from services.tokens import issue_token
 
 REQUEST_TIMEOUT_S = 30.0
 TOKEN_TTL_S = 3600
@@ -170,7 +171,7 @@ async def _spawn_client(log_path: Path) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "loadtests.bench.loadgen",
+            "loadtests.bench.loadclient",
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -236,88 +237,3 @@ def merge(requests: int, results: list[ShardResult]) -> LoadResult:
         latencies_s=tuple(sorted(latencies)),
         statuses=dict(statuses),
     )
-
-
-# ---- client process ------------------------------------------------------------------
-
-
-def main() -> None:
-    """Entry point of a client process: one run per plan line, until stdin closes."""
-    for line in sys.stdin.buffer:
-        shard = ShardPlan(**json.loads(line))
-        headers = _headers(shard)
-        sys.stdout.buffer.write(READY)
-        sys.stdout.buffer.flush()
-        if sys.stdin.buffer.readline() != GO:
-            return  # the parent gave up before the start
-        result = uvloop.run(_send_all(shard, headers))
-        report = {
-            "started_at": result.started_at,
-            "finished_at": result.finished_at,
-            "latencies_s": result.latencies_s,
-            "statuses": {str(status): n for status, n in result.statuses.items()},
-        }
-        sys.stdout.buffer.write(json.dumps(report).encode() + b"\n")
-        sys.stdout.buffer.flush()
-
-
-def _headers(shard: ShardPlan) -> list[dict[str, str]]:
-    """Signed before the clock starts: one buyer and one idempotency key per request."""
-    headers = []
-    for buyer in range(shard.first_buyer, shard.first_buyer + shard.count):
-        token = issue_token(shard.secret, f"{shard.buyer_prefix}-{buyer}", TOKEN_TTL_S)
-        headers.append(
-            {
-                "Authorization": f"Bearer {token}",
-                "Idempotency-Key": f"k-{buyer}",
-                "Content-Type": "application/json",
-            }
-        )
-    return headers
-
-
-async def _send_all(shard: ShardPlan, headers: list[dict[str, str]]) -> ShardResult:
-    body = json.dumps({"item_id": shard.item_id, "quantity": 1}).encode()
-    result = ShardResult()
-    connector = aiohttp.TCPConnector(limit=shard.concurrency)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        pending = iter(headers)
-        result.started_at = time.time()
-        # Requests still unsent when the run's time is up count as unanswered.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(shard.run_timeout_s), asyncio.TaskGroup() as group:
-                for _ in range(min(shard.concurrency, shard.count)):
-                    group.create_task(
-                        _send_each(session, shard.purchases_url, body, pending, result)
-                    )
-        result.finished_at = time.time()
-    unsent = shard.count - sum(result.statuses.values())
-    if unsent:
-        result.statuses[NO_ANSWER] += unsent
-    return result
-
-
-async def _send_each(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: bytes,
-    pending: Iterator[dict[str, str]],
-    result: ShardResult,
-) -> None:
-    """One connection's worth of work: take the next request until none is left."""
-    for headers in pending:
-        started = time.perf_counter()
-        try:
-            async with session.post(url, data=body, headers=headers) as response:
-                await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError):
-            result.statuses[NO_ANSWER] += 1
-            continue
-        result.latencies_s.append(time.perf_counter() - started)
-        result.statuses[status] += 1
-
-
-if __name__ == "__main__":
-    main()

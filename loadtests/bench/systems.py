@@ -11,7 +11,7 @@ import aiohttp
 import asyncpg
 
 from loadtests.bench.errors import BenchError
-from loadtests.sale import SaleTarget, create_item
+from loadtests.sale import ItemNotCreatedError, SaleTarget, create_item
 from services.store.items import get_item
 from services.store.purchases import item_counts
 
@@ -64,7 +64,7 @@ class FlashsaleSystem:
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
                 await create_item(session, self.target, item_id, stock)
-        except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ItemNotCreatedError) as exc:
             raise BenchError(f"the gateway did not create {item_id}: {exc}") from exc
 
     async def settle(self, item_id: str, accepted: int, timeout_s: float) -> None:

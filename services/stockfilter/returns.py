@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from redis.exceptions import RedisError
 
 from services.errors import UnavailableError
+from services.reconnect import listening
 from services.stockfilter.client import RedisClient, redis_errors
 from services.stockfilter.keys import returns_channel
 
@@ -47,29 +48,15 @@ async def _listen_once(
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-async def listen_returned(
-    redis: RedisClient, on_item: Callable[[str], None], stop: asyncio.Event
-) -> None:
-    while not stop.is_set():
-        try:
-            await _listen_once(redis, on_item, stop)
-        except UnavailableError as exc:
-            log.warning("returned-units listener disconnected: %s", exc)
-        if not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=RECONNECT_S)
-
-
 @contextlib.asynccontextmanager
 async def returned_units_listener(
     redis: RedisClient, on_item: Callable[[str], None]
 ) -> AsyncIterator[None]:
     """Calls `on_item(item_id)` for every announcement while the block runs."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(listen_returned(redis, on_item, stop))
-    try:
+
+    async def listen_once(stop: asyncio.Event) -> None:
+        await _listen_once(redis, on_item, stop)
+
+    lost = (UnavailableError,)
+    async with listening(listen_once, lost, "returned-units listener", log, RECONNECT_S):
         yield
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
+
 from services.errors import FencedError
 from services.schema import PURCHASE
 from services.store.db import Connection, database_errors
@@ -37,6 +39,18 @@ class BatchResult:
     skipped: int  # records below the stored offset: already applied
 
 
+async def lock_lease(conn: Connection, lease: Lease) -> asyncpg.Record:
+    """In the caller's transaction: lock the partition's lease row, FencedError when
+    its epoch is not ours any more (the lease moved on: nothing may be written)."""
+    row = await conn.fetchrow(query("lock_lease"), lease.topic, lease.partition)
+    if row is None or row["epoch"] != lease.epoch:
+        held_by = None if row is None else row["epoch"]
+        raise FencedError(
+            f"partition {lease.partition}: epoch {lease.epoch} is stale (lease at {held_by})"
+        )
+    return row
+
+
 async def apply_batch(conn: Connection, lease: Lease, records: list[Record]) -> BatchResult:
     """Lock the lease, check the epoch, decide in offset order, write states, sold and offset.
 
@@ -44,12 +58,7 @@ async def apply_batch(conn: Connection, lease: Lease, records: list[Record]) -> 
     FencedError before it writes anything.
     """
     async with database_errors(), conn.transaction():
-        row = await conn.fetchrow(query("lock_lease"), lease.topic, lease.partition)
-        if row is None or row["epoch"] != lease.epoch:
-            held_by = None if row is None else row["epoch"]
-            raise FencedError(
-                f"partition {lease.partition}: epoch {lease.epoch} is stale (lease at {held_by})"
-            )
+        row = await lock_lease(conn, lease)
         fresh = [r for r in records if r.offset >= row["next_offset"]]
         if not fresh:
             return BatchResult(BatchDecisions(), row["next_offset"], len(records))

@@ -8,8 +8,7 @@ that writer's order, never both, whatever process pauses or dies.
 
 from __future__ import annotations
 
-from services.errors import FencedError
-from services.store.batch import Lease
+from services.store.batch import Lease, lock_lease
 from services.store.db import Connection, database_errors
 from services.store.decide import EXPIRED, Target
 from services.store.purchases import RESULTS_CHANNEL, notify_payloads
@@ -35,12 +34,7 @@ async def expire_due(conn: Connection, lease: Lease, limit: int = EXPIRE_BATCH) 
     FencedError (nothing written) when the lease's epoch moved on.
     """
     async with database_errors(), conn.transaction():
-        row = await conn.fetchrow(query("lock_lease"), lease.topic, lease.partition)
-        if row is None or row["epoch"] != lease.epoch:
-            held_by = None if row is None else row["epoch"]
-            raise FencedError(
-                f"partition {lease.partition}: epoch {lease.epoch} is stale (lease at {held_by})"
-            )
+        await lock_lease(conn, lease)
         rows = await conn.fetch(query("expire_due"), lease.topic, lease.partition, limit)
         expired = [
             Target(

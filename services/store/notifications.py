@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 
 from services.errors import FlashsaleError
+from services.reconnect import listening
 from services.store.db import CONNECTION_ERRORS
 from services.store.purchases import RESULTS_CHANNEL
 
@@ -113,25 +114,12 @@ async def _listen_once(url: str, waiters: ResultWaiters, stop: asyncio.Event) ->
             await conn.close(timeout=2)
 
 
-async def listen_forever(url: str, waiters: ResultWaiters, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await _listen_once(url, waiters, stop)
-        except CONNECTION_ERRORS as exc:
-            log.warning("result listener disconnected: %s", exc)
-        if not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=RECONNECT_S)
-
-
 @contextlib.asynccontextmanager
 async def result_listener(url: str) -> AsyncIterator[ResultWaiters]:
     waiters = ResultWaiters()
-    stop = asyncio.Event()
-    task = asyncio.create_task(listen_forever(url, waiters, stop))
-    try:
+
+    async def listen_once(stop: asyncio.Event) -> None:
+        await _listen_once(url, waiters, stop)
+
+    async with listening(listen_once, CONNECTION_ERRORS, "result listener", log, RECONNECT_S):
         yield waiters
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

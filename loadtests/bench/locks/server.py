@@ -10,19 +10,15 @@ Run as `python -m loadtests.bench.locks.server SETUP_JSON --secret S --fd N`.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import socket
 from collections.abc import AsyncIterator
 
-import uvloop
 from aiohttp import web
 
 from loadtests.bench.baselines import CONFIG, BaselineConfig, healthz, parse_purchase
 from loadtests.bench.locks.designs import Busy, LockSetup, Opened, open_design
 from loadtests.bench.locks.section import Outcome, sell
+from loadtests.bench.serve import serve_on_fd
 
-SHUTDOWN_TIMEOUT_S = 2.0
 SETUP = web.AppKey("setup", LockSetup)
 OPENED = web.AppKey("opened", Opened)
 
@@ -72,16 +68,7 @@ def main() -> None:
     parser.add_argument("--secret", required=True)
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args()
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(
-            create_app(LockSetup.from_json(args.setup), args.secret),
-            sock=socket.socket(fileno=args.fd),
-            access_log=None,
-            print=None,
-            handle_signals=True,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        )
+    serve_on_fd(lambda: create_app(LockSetup.from_json(args.setup), args.secret), args.fd)
 
 
 if __name__ == "__main__":
