@@ -9,16 +9,19 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import aiohttp
+import pytest
 
 from infra.embedded.proc import kill_pid, pid_alive
 from loadtests.faultcheck import check_fault_run
 from loadtests.traffic import run_traffic
 from services.eventlog import EventReader
+from services.failpoints import CONSUMER_POINTS
 from services.resources import open_core
 from services.settings import Settings
 from services.tokens import issue_token
 from tests.conftest import fresh_id, wait_for
 from tests.faults.conftest import FaultStack
+from tests.faults.test_crash_points import _filter_matches
 
 STOCK = 5
 
@@ -232,3 +235,51 @@ async def _owner_of(settings: Settings, purchase_id: str) -> str:
 
 async def _dead(pid: int) -> bool:
     return not pid_alive(pid)
+
+
+@pytest.mark.parametrize("point", CONSUMER_POINTS)
+async def test_consumer_killed_at_each_crash_point_around_a_cancel(
+    fault_stack: FaultStack, point: str
+) -> None:
+    """The owner dies before applying a cancel, after committing it, or after giving
+    its units back: the next owner applies it once, the unit goes back to the
+    filter exactly once, and the cancel's event is written once."""
+    stack, settings = fault_stack.stack, fault_stack.settings
+    (item_id,) = await fault_stack.create_items(count=1, stock=STOCK)
+    headers = {"Authorization": f"Bearer {issue_token(settings.secret, 'canceller', 3600)}"}
+    base = fault_stack.target.gateway_url
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{base}/v1/purchases",
+            json={"item_id": item_id, "quantity": 1},
+            headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+        ) as response:
+            assert response.status == 202
+            purchase_id = (await response.json())["purchase_id"]
+        status_url = f"{base}/v1/purchases/{purchase_id}"
+        async with http.get(f"{status_url}?wait=30", headers=headers) as response:
+            assert (await response.json())["status"] == "confirmed"
+        for name in list(stack.consumer_pids):
+            kill_pid(stack.consumer_pids.pop(name))
+        doomed = stack.add_consumer("doomed", failpoint=point)
+        async with http.post(f"{status_url}/cancel", headers=headers) as response:
+            assert response.status in (200, 503), await response.text()
+        await wait_for(lambda: _dead(doomed), timeout_s=30)
+        stack.add_consumer("rescuer")
+
+        async def cancelled() -> bool:
+            async with http.post(f"{status_url}/cancel", headers=headers) as response:
+                return response.status == 200 and (await response.json())["status"] == "cancelled"
+
+        await wait_for(cancelled, timeout_s=60, interval_s=1)
+    async with open_core(settings) as core:
+        sold = await core.pool.fetchval("SELECT sold FROM items WHERE item_id = $1", item_id)
+        events = await core.pool.fetch(
+            "SELECT event_id FROM purchase_events WHERE purchase_id = $1", purchase_id
+        )
+    assert sold == 0
+    assert sorted(row["event_id"] for row in events) == [
+        f"{purchase_id}:cancelled",
+        f"{purchase_id}:confirmed",
+    ]
+    await wait_for(lambda: _filter_matches(fault_stack, item_id, STOCK), timeout_s=30)
