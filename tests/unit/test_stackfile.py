@@ -61,7 +61,11 @@ def test_only_the_recorded_process_is_ours(tmp_path: Path) -> None:
             # The command may change under the same pid (an exec): still the same process.
             execed = identity.split(" ", 1)[0] + " python -m consumers"
             assert _stack(StackPids(), {str(sleeper.pid): execed}).is_ours(sleeper.pid)
-            other_start = identity.replace(" sleep", "0 sleep", 1)
+            # Another start time under the same pid (built from the parts: the
+            # command line may still be empty when read right after the fork).
+            boot, _, rest = identity.partition(":")
+            start, _, command = rest.partition(" ")
+            other_start = f"{boot}:{int(start) + 1} {command}"
             assert not _stack(StackPids(), {str(sleeper.pid): other_start}).is_ours(sleeper.pid)
             # An identity recorded for other pids only: this one is not known to be ours.
             assert not _stack(StackPids(), {str(os.getpid()): "x"}).is_ours(sleeper.pid)
