@@ -34,9 +34,11 @@ from infra.demo_lifecycle import (
 )
 from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
-from loadtests.invariants import InvariantReport, SaleExpectations, check_sale
-from loadtests.lifecycle import EventsAccess, FilterAccess
+from loadtests.filtercheck import FilterAccess
+from loadtests.invariants import InvariantReport
 from loadtests.sale import SaleOutcome, SaleTarget, create_item, run_sale
+from loadtests.salecheck import SaleExpectations, check_sale
+from loadtests.topiccheck import EventsAccess
 from services.settings import Settings
 
 DEMO_ITEM = "sku-demo"

@@ -20,10 +20,11 @@ from rich.table import Table
 
 from infra.failure import print_failure
 from infra.stackfile import StackFile
-from loadtests.lifecycle import EventsAccess, FilterAccess
+from loadtests.filtercheck import FilterAccess
 from loadtests.plans import DEFAULT_DURATION_S, DEFAULT_USERS
 from loadtests.runner import LoadtestError, LoadtestSummary, Target, run_loadtest
 from loadtests.scenarios import SCENARIOS
+from loadtests.topiccheck import EventsAccess
 from services.errors import StackNotRunningError
 
 EXIT_VIOLATION = 1

@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 
 import asyncpg
 
+from loadtests.checksql import checker_queries
 from loadtests.invariants import InvariantReport, check_invariants
-from services.store.queries import parse_queries
 
 FINAL_BOUND_S = 30.0
 POLL_S = 0.25
-QUERIES = parse_queries((resources.files("loadtests") / "faultcheck.sql").read_text())
+QUERIES = checker_queries("faultcheck.sql")
 
 
 @dataclass

@@ -19,14 +19,16 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from loadtests.invariants import InvariantReport, ItemTally, SaleExpectations, check_sale
-from loadtests.lifecycle import EventsAccess, FilterAccess
+from loadtests.filtercheck import FilterAccess
+from loadtests.invariants import InvariantReport, ItemTally
 from loadtests.locust_process import LoadtestError, Progress, RunFiles, read_outputs, run_locust
 from loadtests.locust_stats import EndpointStats, merge, percentile_ms
 from loadtests.plans import plan_items
 from loadtests.sale import ItemNotCreatedError, SaleTarget, create_item
+from loadtests.salecheck import SaleExpectations, check_sale
 from loadtests.scenarios.params import ItemSpec, ScenarioParams
 from loadtests.scenarios.results import NO_ANSWER, ScenarioResults
+from loadtests.topiccheck import EventsAccess
 
 __all__ = [
     "LoadtestError",  # raised here and by the Locust child's runner (loadtests.locust_process)

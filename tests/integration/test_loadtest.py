@@ -20,8 +20,10 @@ import asyncpg
 import pytest
 
 from infra.stackfile import StackFile
-from loadtests.invariants import SaleExpectations, check_sale
-from loadtests.lifecycle import EventsAccess, FilterAccess, check_events, check_filter, check_topic
+from loadtests.filtercheck import FilterAccess, check_filter
+from loadtests.lifecycle import check_events
+from loadtests.salecheck import SaleExpectations, check_sale
+from loadtests.topiccheck import EventsAccess, check_topic
 from services.stockfilter.client import close_redis, open_redis
 from services.stockfilter.keys import stock_key
 from services.tokens import issue_token

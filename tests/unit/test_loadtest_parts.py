@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.lifecycle import FilterReading
+from loadtests.filtercheck import FilterReading
 from loadtests.locust_stats import EndpointStats, merge, percentile_ms
 from loadtests.plans import DEFAULT_USERS, MULTI_ITEM_COUNT, plan_items
 from loadtests.runner import answer_violations
