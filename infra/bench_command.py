@@ -32,6 +32,7 @@ from loadtests.bench.runner import (
     StackAccess,
     run_bench,
 )
+from loadtests.target import Target
 from services.errors import FlashsaleError
 from services.settings import Settings
 
@@ -223,8 +224,6 @@ def _run(config: _Config, console: Console) -> BenchResults:
 
 
 def _access(stack: EmbeddedStack) -> StackAccess:
-    settings = stack.settings
-
     def processes() -> SystemProcesses:
         # Read at each measurement: the rebalance phase changes the consumers.
         return SystemProcesses(
@@ -240,11 +239,7 @@ def _access(stack: EmbeddedStack) -> StackAccess:
         )
 
     return StackAccess(
-        gateway_url=f"http://127.0.0.1:{settings.gateway_port}",
-        admin_token=settings.admin_token,
-        secret=settings.secret,
-        database_url=settings.database_url,
-        redis_url=settings.redis_url,
+        target=Target.of(stack.stack_file()),
         processes=processes,
         scale=stack.scale_to,
         consumers=len(stack.consumer_pids),

@@ -28,8 +28,8 @@ from infra.stack import EmbeddedStack
 from loadtests.checker import CheckReport, check, final_deadline
 from loadtests.history import HistoryWriter
 from loadtests.pgsnapshot import await_finals, read_snapshot
-from loadtests.sale import SaleTarget
 from loadtests.stall import write_stall_report
+from loadtests.target import Target
 from loadtests.workload import BUYERS_PER_S, ITEMS, WorkloadConfig, run_workload
 from services.settings import Settings
 
@@ -124,10 +124,7 @@ async def _sale(
     writer: HistoryWriter,
     console: Console,
 ) -> CheckReport:
-    settings = stack.settings
-    target = SaleTarget(
-        f"http://127.0.0.1:{settings.gateway_port}", settings.admin_token, settings.secret
-    )
+    target = Target.of(stack.stack_file())
     config = WorkloadConfig(
         options.duration_s, options.seed, items=options.items, buyers_per_s=options.buyers_per_s
     )

@@ -34,11 +34,11 @@ from infra.demo_lifecycle import (
 )
 from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
-from loadtests.filtercheck import FilterAccess
+from loadtests.admin import create_item
 from loadtests.invariants import InvariantReport
-from loadtests.sale import SaleOutcome, SaleTarget, create_item, run_sale
+from loadtests.sale import SaleOutcome, run_sale
 from loadtests.salecheck import SaleExpectations, check_sale
-from loadtests.topiccheck import EventsAccess
+from loadtests.target import Target
 from services.settings import Settings
 
 DEMO_ITEM = "sku-demo"
@@ -88,17 +88,13 @@ def run_demo(buyers: int, stock: int, consumers: int, console: Console) -> bool:
             f"[green]stack ready[/green]: gateway http://127.0.0.1:{settings.gateway_port}, "
             f"{consumers} consumers, {settings.partitions} partitions"
         )
-        target = SaleTarget(
-            f"http://127.0.0.1:{settings.gateway_port}", settings.admin_token, settings.secret
-        )
+        target = Target.of(stack.stack_file())
         story = asyncio.run(_story(console, target, buyers, stock))
         _step(console, STEPS, "the invariant check, over every step")
         expected = SaleExpectations(
             stock={DEMO_ITEM: stock, HOLD_ITEM: HOLD_STOCK},
-            stock_filter=FilterAccess(
-                settings.redis_url, settings.redis_cluster, settings.stock_shards
-            ),
-            events=EventsAccess(settings.kafka_bootstrap, settings.events_topic),
+            stock_filter=target.stock_filter,
+            events=target.events,
         )
         report = asyncio.run(
             check_sale(settings.database_url, story.accepted, expected, clean_run=True)
@@ -118,7 +114,7 @@ def _step(console: Console, number: int, text: str) -> None:
     console.print(f"\n[bold cyan]step {number}/{STEPS}[/bold cyan] {escape(text)}")
 
 
-async def _story(console: Console, target: SaleTarget, buyers: int, stock: int) -> Story:
+async def _story(console: Console, target: Target, buyers: int, stock: int) -> Story:
     story = Story()
     await _window(console, target, stock, story)
     story.sale = await _sale_with_progress(console, target, buyers, stock)
@@ -131,7 +127,7 @@ async def _story(console: Console, target: SaleTarget, buyers: int, stock: int) 
     return story
 
 
-async def _window(console: Console, target: SaleTarget, stock: int, story: Story) -> None:
+async def _window(console: Console, target: Target, stock: int, story: Story) -> None:
     opens = opening_in(OPENS_IN_S)
     _step(console, 1, f"a sale window: {DEMO_ITEM} ({stock} units) opens at {rfc3339(opens)}")
     async with aiohttp.ClientSession() as session:
@@ -145,7 +141,7 @@ async def _window(console: Console, target: SaleTarget, stock: int, story: Story
 
 
 async def _sale_with_progress(
-    console: Console, target: SaleTarget, buyers: int, stock: int
+    console: Console, target: Target, buyers: int, stock: int
 ) -> SaleOutcome:
     _step(console, 2, f"the sell-out: {buyers} buyers at once for {stock} units")
     columns = (
@@ -159,7 +155,7 @@ async def _sale_with_progress(
         return await run_sale(target, DEMO_ITEM, buyers, on_answer=lambda: progress.advance(task))
 
 
-async def _cancellations(console: Console, target: SaleTarget, story: Story) -> None:
+async def _cancellations(console: Console, target: Target, story: Story) -> None:
     confirmed = [pid for pid, s in story.sale.final_by_id.items() if s == "confirmed"]
     chosen = confirmed[:CANCELS]
     _step(console, 3, f"cancellations: {len(chosen)} buyers cancel their purchase")
@@ -170,7 +166,7 @@ async def _cancellations(console: Console, target: SaleTarget, story: Story) -> 
     console.print(f"  {DEMO_ITEM}: {back} units back on sale")
 
 
-async def _holds(console: Console, target: SaleTarget, story: Story) -> None:
+async def _holds(console: Console, target: Target, story: Story) -> None:
     _step(
         console,
         4,
@@ -193,7 +189,7 @@ async def _holds(console: Console, target: SaleTarget, story: Story) -> None:
     console.print(f"  a payment after pay_by: {late.line() or 'none'}")
 
 
-async def _sold_again(console: Console, target: SaleTarget, story: Story, sold_out: bool) -> None:
+async def _sold_again(console: Console, target: Target, story: Story, sold_out: bool) -> None:
     _step(console, 5, "the returned units are sold again")
     for item_id, back in ((DEMO_ITEM, story.cancelled), (HOLD_ITEM, story.expired)):
         left = await remaining(target, item_id)

@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
-from loadtests.sale import SaleOutcome, SaleTarget, run_sale
+from loadtests.sale import SaleOutcome, run_sale
+from loadtests.target import Target
 from services.tokens import issue_token
 
 TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -47,7 +48,7 @@ class Resale:
     remaining: int = -1
 
 
-def _admin(target: SaleTarget) -> dict[str, str]:
+def _admin(target: Target) -> dict[str, str]:
     return {"Authorization": f"Bearer {target.admin_token}"}
 
 
@@ -61,7 +62,7 @@ def opening_in(seconds: int) -> datetime:
     return now + timedelta(seconds=seconds + 1)
 
 
-async def early_buyers(target: SaleTarget, item_id: str, count: int) -> list[tuple[int, str, str]]:
+async def early_buyers(target: Target, item_id: str, count: int) -> list[tuple[int, str, str]]:
     """Buyers who come before starts_at: (status, error, Retry-After) of each."""
     answers = []
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
@@ -89,7 +90,7 @@ async def wait_until(moment: datetime) -> None:
         await asyncio.sleep(left)
 
 
-async def admin_calls(target: SaleTarget, purchase_ids: Iterable[str], action: str) -> Answers:
+async def admin_calls(target: Target, purchase_ids: Iterable[str], action: str) -> Answers:
     """POST /v1/purchases/{id}/cancel or /pay with the admin token, one by one."""
     answers = Answers()
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
@@ -106,7 +107,7 @@ async def admin_calls(target: SaleTarget, purchase_ids: Iterable[str], action: s
     return answers
 
 
-async def remaining(target: SaleTarget, item_id: str) -> int:
+async def remaining(target: Target, item_id: str) -> int:
     async with (
         aiohttp.ClientSession(timeout=TIMEOUT) as http,
         http.get(f"{target.gateway_url}/v1/items/{item_id}") as response,
@@ -116,7 +117,7 @@ async def remaining(target: SaleTarget, item_id: str) -> int:
 
 
 async def wait_for_remaining(
-    target: SaleTarget, item_id: str, units: int, timeout_s: float
+    target: Target, item_id: str, units: int, timeout_s: float
 ) -> tuple[int, float]:
     """Poll the item until `units` are back on sale (or the time is up): the units
     seen, and how long it took."""
@@ -128,7 +129,7 @@ async def wait_for_remaining(
     return seen, time.monotonic() - started
 
 
-async def resell(target: SaleTarget, item_id: str, units_back: int) -> Resale:
+async def resell(target: Target, item_id: str, units_back: int) -> Resale:
     """Waves of new buyers until the item is sold out again (a bounded number)."""
     resale = Resale(remaining=units_back)
     while resale.remaining > 0 and len(resale.confirmed) < RESALE_WAVES:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from loadtests.sale import SaleOutcome, SaleTarget
+    from loadtests.sale import SaleOutcome
+    from loadtests.target import Target
 
 EXIT_FAILED = 1
 
@@ -64,13 +65,13 @@ def sale(url: str, buyers: int, stock: int, item_id: str) -> None:
     Postgres). Exit 0 when every accepted purchase is final and nothing oversold.
     """
     from loadtests.invariants import check_invariants  # noqa: PLC0415
-    from loadtests.sale import SaleTarget  # noqa: PLC0415
+    from loadtests.target import Target  # noqa: PLC0415
     from services.settings import Settings  # noqa: PLC0415
 
     settings = Settings.from_env()
     settings.require_secrets()
     item_id = item_id or f"sku-sale-{uuid.uuid4().hex[:8]}"
-    target = SaleTarget(url.rstrip("/"), settings.admin_token, settings.secret)
+    target = Target(url.rstrip("/"), settings.admin_token, settings.secret)
     outcome = asyncio.run(_create_and_run(target, item_id, buyers, stock))
     report = asyncio.run(
         check_invariants(settings.database_url, [item_id], outcome.accepted, clean_run=True)
@@ -90,10 +91,11 @@ def sale(url: str, buyers: int, stock: int, item_id: str) -> None:
         sys.exit(EXIT_FAILED)
 
 
-async def _create_and_run(target: SaleTarget, item_id: str, buyers: int, stock: int) -> SaleOutcome:
+async def _create_and_run(target: Target, item_id: str, buyers: int, stock: int) -> SaleOutcome:
     import aiohttp  # noqa: PLC0415
 
-    from loadtests.sale import create_item, run_sale  # noqa: PLC0415
+    from loadtests.admin import create_item  # noqa: PLC0415
+    from loadtests.sale import run_sale  # noqa: PLC0415
 
     async with aiohttp.ClientSession() as session:
         await create_item(session, target, item_id, stock)

@@ -20,11 +20,10 @@ from rich.table import Table
 
 from infra.failure import print_failure
 from infra.stackfile import StackFile
-from loadtests.filtercheck import FilterAccess
 from loadtests.plans import DEFAULT_DURATION_S, DEFAULT_USERS
-from loadtests.runner import LoadtestError, LoadtestSummary, Target, run_loadtest
+from loadtests.runner import LoadtestError, LoadtestSummary, run_loadtest
 from loadtests.scenarios import SCENARIOS
-from loadtests.topiccheck import EventsAccess
+from loadtests.target import Target
 from services.errors import StackNotRunningError
 
 EXIT_VIOLATION = 1
@@ -95,15 +94,7 @@ def _target(state_dir: Path) -> Target:
             f"the stack in {state_dir} does not answer at {stack.gateway_url}/readyz ({exc}): "
             f"{hint}"
         ) from exc
-    settings = stack.settings()
-    return Target(
-        stack.gateway_url,
-        stack.admin_token,
-        stack.secret,
-        stack.database_url,
-        FilterAccess(stack.redis_url, stack.redis_cluster, settings.stock_shards),
-        EventsAccess(stack.kafka_bootstrap, settings.events_topic),
-    )
+    return Target.of(stack)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,21 +12,13 @@ from dataclasses import dataclass
 import asyncpg
 
 from loadtests.lifecycle import QUERIES, poll
+from loadtests.target import FilterAccess
 from services.schema import MessageError, PurchaseMessage
 from services.stockfilter.client import RedisClient, close_redis, open_redis
 from services.stockfilter.keys import reservations_key, stock_key
 
 # Statuses whose units are counted in items.sold.
 HELD = ("confirmed", "paid")
-
-
-@dataclass(frozen=True, slots=True)
-class FilterAccess:
-    """Where the stock filter lives, to read it after a run."""
-
-    redis_url: str
-    redis_cluster: bool
-    shards: int
 
 
 @dataclass(frozen=True, slots=True)

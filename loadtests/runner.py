@@ -19,21 +19,19 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from loadtests.filtercheck import FilterAccess
+from loadtests.admin import ItemNotCreatedError, create_item
 from loadtests.invariants import InvariantReport, ItemTally
 from loadtests.locust_process import LoadtestError, Progress, RunFiles, read_outputs, run_locust
 from loadtests.locust_stats import EndpointStats, merge, percentile_ms
 from loadtests.plans import plan_items
-from loadtests.sale import ItemNotCreatedError, SaleTarget, create_item
 from loadtests.salecheck import SaleExpectations, check_sale
 from loadtests.scenarios.params import ItemSpec, ScenarioParams
 from loadtests.scenarios.results import NO_ANSWER, ScenarioResults
-from loadtests.topiccheck import EventsAccess
+from loadtests.target import EventsAccess, FilterAccess, Target
 
 __all__ = [
     "LoadtestError",  # raised here and by the Locust child's runner (loadtests.locust_process)
     "LoadtestSummary",
-    "Target",
     "answer_violations",
     "expectations",
     "judge",
@@ -49,18 +47,6 @@ PAYING_SCENARIOS = ("cancellations",)
 # The admission latency of a sale is what the POST answers measure; the long
 # polls of GET ?wait= hold answers on purpose and would drown it.
 BUY_PREFIX = "POST /v1/purchases"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    gateway_url: str
-    admin_token: str
-    secret: str
-    database_url: str
-    # Where the stock filter lives: the check looks for returned units in it.
-    stock_filter: FilterAccess | None = None
-    # Where the relay publishes: the check reads the published events back.
-    events: EventsAccess | None = None
 
 
 @dataclass
@@ -199,14 +185,13 @@ def put_items(target: Target, items: Sequence[ItemSpec]) -> None:
 
 
 async def _put_items(target: Target, items: Sequence[ItemSpec]) -> None:
-    admin = SaleTarget(target.gateway_url, target.admin_token, target.secret)
     timeout = aiohttp.ClientTimeout(total=ADMIN_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for item in items:
             try:
                 terms = {} if item.hold_s is None else {"hold_s": item.hold_s}
                 await create_item(
-                    session, admin, item.item_id, item.stock, item.per_user_limit, **terms
+                    session, target, item.item_id, item.stock, item.per_user_limit, **terms
                 )
             except (aiohttp.ClientError, TimeoutError, ItemNotCreatedError) as exc:
                 raise LoadtestError(f"the gateway did not create item {item.item_id}") from exc

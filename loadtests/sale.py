@@ -1,4 +1,10 @@
-"""A flash sale driven from one process: many concurrent buyers, one request each."""
+"""A flash sale driven from one process: many concurrent buyers, one request each,
+each then long-polling its purchase's final state (the demo and `flashsale sale`).
+
+In-process, not Locust (which must run in a child process: gevent's patching
+must not meet asyncio) and not the bench's generator (which keeps statuses and
+latencies only): the demo shows each answer as it comes and every final state.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from services.errors import FlashsaleError
+from loadtests.target import Target
 from services.tokens import issue_token
 
 CONNECTIONS = 512
@@ -40,41 +46,9 @@ class SaleOutcome:
         return ordered[index] * 1000
 
 
-class ItemNotCreatedError(FlashsaleError):
-    """The admin API answered a PUT /v1/items/{id} with neither 200 nor 201."""
-
-
-@dataclass
-class SaleTarget:
-    gateway_url: str
-    admin_token: str
-    secret: str
-
-
-async def create_item(
-    session: aiohttp.ClientSession,
-    target: SaleTarget,
-    item_id: str,
-    stock: int,
-    per_user_limit: int = 1,
-    **terms: object,
-) -> dict[str, object]:
-    """The one way the load drivers put an item on sale: the admin API, as an
-    operator does; `terms` are the optional fields of api.md (starts_at, hold_s...)."""
-    async with session.put(
-        f"{target.gateway_url}/v1/items/{item_id}",
-        json={"stock": stock, "per_user_limit": per_user_limit, **terms},
-        headers={"Authorization": f"Bearer {target.admin_token}"},
-    ) as response:
-        body: dict[str, object] = await response.json()
-        if response.status not in (200, 201):
-            raise ItemNotCreatedError(f"creating {item_id} failed: {response.status} {body}")
-        return body
-
-
 async def _buy(
     session: aiohttp.ClientSession,
-    target: SaleTarget,
+    target: Target,
     item_id: str,
     user: str,
     outcome: SaleOutcome,
@@ -103,7 +77,7 @@ async def _buy(
 
 async def _await_final(
     session: aiohttp.ClientSession,
-    target: SaleTarget,
+    target: Target,
     token: str,
     purchase_id: str,
     outcome: SaleOutcome,
@@ -121,7 +95,7 @@ async def _await_final(
 
 async def _watch_sellout(
     session: aiohttp.ClientSession,
-    target: SaleTarget,
+    target: Target,
     item_id: str,
     started: float,
     outcome: SaleOutcome,
@@ -141,7 +115,7 @@ async def _watch_sellout(
 
 
 async def run_sale(
-    target: SaleTarget,
+    target: Target,
     item_id: str,
     buyers: int,
     on_answer: Callable[[], None] = lambda: None,

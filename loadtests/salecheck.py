@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from loadtests.filtercheck import FilterAccess, check_filter
+from loadtests.filtercheck import check_filter
 from loadtests.invariants import (
     QUERIES,
     InvariantReport,
@@ -22,7 +22,8 @@ from loadtests.invariants import (
     wait_until_final,
 )
 from loadtests.lifecycle import check_events, wait_for_holds
-from loadtests.topiccheck import EventsAccess, check_topic
+from loadtests.target import EventsAccess, FilterAccess
+from loadtests.topiccheck import check_topic
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from loadtests.lifecycle import POLL_S, QUERIES, SHOWN
-
-
-@dataclass(frozen=True, slots=True)
-class EventsAccess:
-    """Where the relay publishes events, to read them back after a run."""
-
-    bootstrap: str
-    topic: str
+from loadtests.target import EventsAccess
 
 
 class TopicReadError(Exception):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from loadtests.sale import SaleTarget
+from loadtests.target import Target
 from services.tokens import issue_token
 
 RETRIES = 8
@@ -48,7 +48,7 @@ async def _post(
 
 
 async def _one_buyer(
-    session: aiohttp.ClientSession, target: SaleTarget, item_id: str, outcome: TrafficOutcome
+    session: aiohttp.ClientSession, target: Target, item_id: str, outcome: TrafficOutcome
 ) -> None:
     user = f"buyer-{uuid.uuid4().hex[:10]}"
     key = uuid.uuid4().hex
@@ -69,7 +69,7 @@ async def _one_buyer(
 
 
 async def run_traffic(
-    target: SaleTarget,
+    target: Target,
     items: list[str],
     duration_s: float,
     rate_per_s: float,

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from loadtests.history import GET, GET_ITEM, NO_ANSWER, PURCHASE, PUT_ITEM, HistoryWriter, Op
-from loadtests.sale import SaleTarget
+from loadtests.target import Target
 from services.tokens import issue_token
 
 ITEMS = 1200
@@ -116,7 +116,7 @@ class Popularity:
 class Client:
     """HTTP calls that never raise: no answer is status 0 with an empty body."""
 
-    def __init__(self, session: aiohttp.ClientSession, target: SaleTarget) -> None:
+    def __init__(self, session: aiohttp.ClientSession, target: Target) -> None:
         self.session = session
         self.target = target
         self._tokens: dict[str, str] = {}
@@ -323,7 +323,7 @@ async def _drain(tasks: set[asyncio.Task[None]], bound_s: float) -> None:
 
 
 async def run_workload(
-    target: SaleTarget, writer: HistoryWriter, config: WorkloadConfig, started: asyncio.Event
+    target: Target, writer: HistoryWriter, config: WorkloadConfig, started: asyncio.Event
 ) -> None:
     """Create the items, set `started` (the nemesis may begin), then run the sale."""
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)

@@ -33,7 +33,7 @@ from loadtests.bench.rebalance import RebalanceFigures, measure_rebalance
 from loadtests.bench.report import ADMITTED, BenchResults, SystemRun
 from loadtests.bench.servers import RunningServer, baseline_servers
 from loadtests.bench.systems import BareSystem, BaselineSystem, FlashsaleSystem, SaleSystem
-from loadtests.sale import SaleTarget
+from loadtests.target import Target
 from services.store.db import open_pool
 
 Progress = Callable[[str], None]
@@ -60,13 +60,10 @@ ONE_BY_ONE_MAX_RECORDS = 2_000
 
 @dataclass(frozen=True, slots=True)
 class StackAccess:
-    """Where the flashsale stack under test answers (the caller started it)."""
+    """The flashsale stack under test (the caller started it): where it answers,
+    and what the bench measures and changes in it."""
 
-    gateway_url: str
-    admin_token: str
-    secret: str
-    database_url: str
-    redis_url: str
+    target: Target
     # Every process of the stack now (for cpu_us_per_purchase); the Redis and
     # Postgres the baselines share with it; and how to scale its consumers.
     processes: Callable[[], SystemProcesses] | None = None
@@ -150,7 +147,7 @@ async def run_bench(stack: StackAccess, config: BenchConfig, progress: Progress)
     """Start the clients and baselines, run every phase, stop them (also on error)."""
     queries = await asyncio.to_thread(load_queries)
     async with contextlib.AsyncExitStack() as resources:
-        pool = await open_pool(stack.database_url, POOL_SIZE)
+        pool = await open_pool(stack.target.database_url, POOL_SIZE)
         resources.push_async_callback(pool.close)
         await pool.execute(queries["create_tables"])
         progress(f"starting {config.clients} client processes and the baseline servers")
@@ -160,7 +157,7 @@ async def run_bench(stack: StackAccess, config: BenchConfig, progress: Progress)
         servers = await resources.enter_async_context(
             baseline_servers(_baselines(stack, config.server_processes), config.log_dir)
         )
-        bench = Bench(clients, config, stack.secret, pool)
+        bench = Bench(clients, config, stack.target.secret, pool)
         results = await _phases(
             bench, _systems(stack, servers, pool, queries), _meters(stack, servers), progress
         )
@@ -179,14 +176,13 @@ def _systems(
     queries: dict[str, str],
 ) -> dict[str, SaleSystem]:
     """In the order they run: the cheapest first, flashsale last."""
-    target = SaleTarget(stack.gateway_url, stack.admin_token, stack.secret)
     systems: list[SaleSystem] = [
         BareSystem(servers[BARE_HTTP].url),
         BaselineSystem(POSTGRES_ROW, servers[POSTGRES_ROW].url, pool, queries, False),
         BaselineSystem(REDIS_LOCK, servers[REDIS_LOCK].url, pool, queries, True),
         BaselineSystem(REDIS_LOCK_QUEUED, servers[REDIS_LOCK_QUEUED].url, pool, queries, True),
         BaselineSystem(REDIS_LOCK_PAUSED, servers[REDIS_LOCK_PAUSED].url, pool, queries, True),
-        FlashsaleSystem(target, pool, queries),
+        FlashsaleSystem(stack.target, pool, queries),
     ]
     return {system.name: system for system in systems}
 
@@ -264,7 +260,11 @@ def _baselines(stack: StackAccess, processes: int) -> dict[str, BaselineConfig]:
     `processes` of each (as many as the stack has gateways), but one stalling lock
     server: its pause is one process's."""
     common = BaselineConfig(
-        BARE_HTTP, stack.secret, stack.database_url, stack.redis_url, processes=processes
+        BARE_HTTP,
+        stack.target.secret,
+        stack.target.database_url,
+        stack.target.redis_url,
+        processes=processes,
     )
     return {
         BARE_HTTP: common,
@@ -319,8 +319,7 @@ async def _open_stock(
 async def _rebalance(bench: Bench, stack: StackAccess, progress: Progress) -> RebalanceFigures:
     scale = stack.scale
     assert scale is not None
-    target = SaleTarget(stack.gateway_url, stack.admin_token, stack.secret)
-    system = FlashsaleSystem(target, bench.pool, await asyncio.to_thread(load_queries))
+    system = FlashsaleSystem(stack.target, bench.pool, await asyncio.to_thread(load_queries))
 
     async def scale_async(count: int) -> None:
         progress(f"rebalance: scaling consumers to {count}")

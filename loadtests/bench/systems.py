@@ -10,8 +10,9 @@ from typing import Protocol
 import aiohttp
 import asyncpg
 
+from loadtests.admin import ItemNotCreatedError, create_item
 from loadtests.bench.errors import BenchError
-from loadtests.sale import ItemNotCreatedError, SaleTarget, create_item
+from loadtests.target import Target
 from services.store.items import get_item
 from services.store.purchases import item_counts
 
@@ -51,7 +52,7 @@ class SaleSystem(Protocol):
 class FlashsaleSystem:
     """The real stack: items through the admin API, results read from Postgres."""
 
-    target: SaleTarget
+    target: Target
     pool: asyncpg.Pool
     queries: dict[str, str]
     name: str = "flashsale"

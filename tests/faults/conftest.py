@@ -14,8 +14,9 @@ import pytest
 
 from infra.faults import FaultInjector
 from infra.stack import EmbeddedStack
+from loadtests.admin import create_item
 from loadtests.faultcheck import FaultReport, check_fault_run
-from loadtests.sale import SaleTarget, create_item
+from loadtests.target import Target
 from loadtests.traffic import TrafficOutcome, run_traffic
 from services.settings import Settings
 from tests.conftest import fresh_id
@@ -32,9 +33,8 @@ class FaultStack:
     faults: FaultInjector
 
     @property
-    def target(self) -> SaleTarget:
-        s = self.stack.settings
-        return SaleTarget(f"http://127.0.0.1:{s.gateway_port}", s.admin_token, s.secret)
+    def target(self) -> Target:
+        return Target.of(self.stack.stack_file())
 
     @property
     def settings(self) -> Settings:

@@ -7,8 +7,10 @@ import uuid
 
 import aiohttp
 
+from loadtests.admin import create_item
 from loadtests.invariants import check_invariants
-from loadtests.sale import SaleTarget, create_item, run_sale
+from loadtests.sale import run_sale
+from loadtests.target import Target
 from tests.conftest import fresh_id, wait_for
 from tests.integration.conftest import LiveStack
 
@@ -46,7 +48,7 @@ async def item(http: aiohttp.ClientSession, live: LiveStack, item_id: str) -> di
 
 async def test_thousands_of_buyers_get_exactly_the_stock(live: LiveStack) -> None:
     item_id = fresh_id()
-    target = SaleTarget(live.url, live.settings.admin_token, live.settings.secret)
+    target = Target(live.url, live.settings.admin_token, live.settings.secret)
     async with aiohttp.ClientSession() as session:
         await create_item(session, target, item_id, 100)
     outcome = await run_sale(target, item_id, buyers=3000)

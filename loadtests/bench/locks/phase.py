@@ -94,7 +94,7 @@ async def run_locks(
 ) -> dict[str, DesignFigures]:
     bench_queries = await asyncio.to_thread(_bench_queries)
     async with _services(options.log_dir) as (etcd, redlock_urls):
-        base = LockSetup("", stack.database_url, (stack.redis_url,), etcd.port)
+        base = LockSetup("", stack.target.database_url, (stack.target.redis_url,), etcd.port)
         figures: dict[str, DesignFigures] = {}
         for design in LOCK_DESIGNS:
             setup = replace(base, design=design)
@@ -219,7 +219,7 @@ async def _flashsale(
         return await confirmed(bench.pool, item)
 
     workers = Workers(options.log_dir / "locks-flashsale-workers.log", topic)
-    setup = LockSetup(FLASHSALE, stack.database_url)
+    setup = LockSetup(FLASHSALE, stack.target.database_url)
     for n in range(options.pause_rounds):
         say(f"locks flashsale: pause round {n + 1}/{options.pause_rounds}")
         figures.pause.append(
