@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
+from loadtests.admin import admin_headers
 from loadtests.sale import SaleOutcome, run_sale
 from loadtests.target import Target
 from services.tokens import issue_token
@@ -46,10 +47,6 @@ class Resale:
     confirmed: list[int] = field(default_factory=list)
     buyers: int = 0
     remaining: int = -1
-
-
-def _admin(target: Target) -> dict[str, str]:
-    return {"Authorization": f"Bearer {target.admin_token}"}
 
 
 def rfc3339(moment: datetime) -> str:
@@ -97,7 +94,7 @@ async def admin_calls(target: Target, purchase_ids: Iterable[str], action: str) 
         for purchase_id in purchase_ids:
             async with http.post(
                 f"{target.gateway_url}/v1/purchases/{purchase_id}/{action}",
-                headers=_admin(target),
+                headers=admin_headers(target),
             ) as response:
                 body = await response.json()
             label = str(body.get("error") or body.get("status"))
