@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
+from loadtests.client import NO_ANSWER
+
 PURCHASE = "purchase"
 GET = "get"
 PUT_ITEM = "put_item"
 GET_ITEM = "get_item"
 OP_KINDS = (PURCHASE, GET, PUT_ITEM, GET_ITEM)
 
-NO_ANSWER = 0  # connection refused, reset or timed out: the outcome is unknown
 CUT_SHORT = "client_cut_short"
 
 

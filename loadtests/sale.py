@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from loadtests.client import NO_ANSWER, GatewayClient
 from loadtests.target import Target
-from services.tokens import issue_token
 
 CONNECTIONS = 512
-REQUEST_TIMEOUT_S = 30.0
 RESULT_WAIT_S = 30
+# Each call: an answer to a POST, or a long poll of RESULT_WAIT_S.
+CALL_TIMEOUT_S = 30.0 + RESULT_WAIT_S
 SOLD_POLL_S = 0.05
 
 
@@ -47,70 +48,55 @@ class SaleOutcome:
 
 
 async def _buy(
-    session: aiohttp.ClientSession,
-    target: Target,
+    client: GatewayClient,
     item_id: str,
     user: str,
     outcome: SaleOutcome,
     on_answer: Callable[[], None],
 ) -> None:
-    token = issue_token(target.secret, user, 3600)
-    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex}
+    token = client.token(user)
     started = time.perf_counter()
-    try:
-        async with session.post(
-            f"{target.gateway_url}/v1/purchases",
-            json={"item_id": item_id, "quantity": 1},
-            headers=headers,
-        ) as response:
-            body = await response.json()
-            status = response.status
-    except (aiohttp.ClientError, TimeoutError):
-        status, body = 0, {}
+    status, body, _ = await client.call(
+        "POST",
+        "/v1/purchases",
+        token,
+        CALL_TIMEOUT_S,
+        json={"item_id": item_id, "quantity": 1},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+    )
     outcome.latencies_s.append(time.perf_counter() - started)
     outcome.statuses[status] += 1
     on_answer()
     if status == 202:
         outcome.accepted.append(str(body["purchase_id"]))
-        await _await_final(session, target, token, str(body["purchase_id"]), outcome)
+        await _await_final(client, token, str(body["purchase_id"]), outcome)
 
 
 async def _await_final(
-    session: aiohttp.ClientSession,
-    target: Target,
-    token: str,
-    purchase_id: str,
-    outcome: SaleOutcome,
+    client: GatewayClient, token: str, purchase_id: str, outcome: SaleOutcome
 ) -> None:
-    url = f"{target.gateway_url}/v1/purchases/{purchase_id}?wait={RESULT_WAIT_S}"
-    try:
-        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
-            body = await response.json()
-            status = str(body.get("status", f"http {response.status}"))
-            outcome.final[status] += 1
-            outcome.final_by_id[purchase_id] = status
-    except (aiohttp.ClientError, TimeoutError):
+    path = f"/v1/purchases/{purchase_id}?wait={RESULT_WAIT_S}"
+    status, body, _ = await client.call("GET", path, token, CALL_TIMEOUT_S)
+    if status == NO_ANSWER:
         outcome.final["unanswered"] += 1
+        return
+    final = str(body.get("status", f"http {status}"))
+    outcome.final[final] += 1
+    outcome.final_by_id[purchase_id] = final
 
 
 async def _watch_sellout(
-    session: aiohttp.ClientSession,
-    target: Target,
+    client: GatewayClient,
     item_id: str,
     started: float,
     outcome: SaleOutcome,
     done: asyncio.Event,
 ) -> None:
-    url = f"{target.gateway_url}/v1/items/{item_id}"
     while not done.is_set():
-        try:
-            async with session.get(url) as response:
-                item = await response.json()
-            if item.get("remaining") == 0:
-                outcome.sellout_s = time.perf_counter() - started
-                return
-        except (aiohttp.ClientError, TimeoutError):
-            pass
+        status, item, _ = await client.call("GET", f"/v1/items/{item_id}", None, CALL_TIMEOUT_S)
+        if status != NO_ANSWER and item.get("remaining") == 0:
+            outcome.sellout_s = time.perf_counter() - started
+            return
         await asyncio.sleep(SOLD_POLL_S)
 
 
@@ -122,18 +108,16 @@ async def run_sale(
 ) -> SaleOutcome:
     """Every buyer sends one purchase at once, then waits for its final state."""
     outcome = SaleOutcome(requests=buyers)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S + RESULT_WAIT_S)
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)
     run_id = uuid.uuid4().hex[:6]
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = GatewayClient(session, target)
         started = time.perf_counter()
         done = asyncio.Event()
-        watcher = asyncio.create_task(
-            _watch_sellout(session, target, item_id, started, outcome, done)
-        )
+        watcher = asyncio.create_task(_watch_sellout(client, item_id, started, outcome, done))
         await asyncio.gather(
             *(
-                _buy(session, target, item_id, f"buyer-{run_id}-{n}", outcome, on_answer)
+                _buy(client, item_id, f"buyer-{run_id}-{n}", outcome, on_answer)
                 for n in range(buyers)
             )
         )

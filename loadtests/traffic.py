@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from loadtests.client import NO_ANSWER, GatewayClient
 from loadtests.target import Target
-from services.tokens import issue_token
 
 RETRIES = 8
 RETRY_PAUSE_S = 0.5
 REQUEST_TIMEOUT_S = 5.0
-RETRYABLE = {0, 503, 409}  # 0: no answer (connection refused, reset, timeout)
+RETRYABLE = {NO_ANSWER, 503, 409}
 
 
 @dataclass
@@ -36,27 +36,20 @@ class TrafficOutcome:
         return [request for request, ids in self.ids_per_request.items() if len(ids) > 1]
 
 
-async def _post(
-    session: aiohttp.ClientSession, url: str, token: str, key: str, item_id: str
-) -> tuple[int, dict[str, object]]:
-    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
-    try:
-        async with session.post(url, json={"item_id": item_id}, headers=headers) as response:
-            return response.status, await response.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return 0, {}
-
-
-async def _one_buyer(
-    session: aiohttp.ClientSession, target: Target, item_id: str, outcome: TrafficOutcome
-) -> None:
+async def _one_buyer(client: GatewayClient, item_id: str, outcome: TrafficOutcome) -> None:
     user = f"buyer-{uuid.uuid4().hex[:10]}"
     key = uuid.uuid4().hex
-    token = issue_token(target.secret, user, 3600)
-    url = f"{target.gateway_url}/v1/purchases"
+    token = client.token(user)
     for _attempt in range(RETRIES):
         outcome.requests += 1
-        status, body = await _post(session, url, token, key, item_id)
+        status, body, _ = await client.call(
+            "POST",
+            "/v1/purchases",
+            token,
+            REQUEST_TIMEOUT_S,
+            json={"item_id": item_id},
+            headers={"Idempotency-Key": key},
+        )
         outcome.statuses[status] += 1
         if status == 202:
             purchase_id = str(body["purchase_id"])
@@ -82,10 +75,10 @@ async def run_traffic(
     Pass `outcome` to watch the answers while the traffic runs."""
     outcome = TrafficOutcome() if outcome is None else outcome
     rng = random.Random(seed)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as group:
+    async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+        client = GatewayClient(session, target)
         deadline = time.monotonic() + duration_s
         while time.monotonic() < deadline and not (stop and stop.is_set()):
-            group.create_task(_one_buyer(session, target, rng.choice(items), outcome))
+            group.create_task(_one_buyer(client, rng.choice(items), outcome))
             await asyncio.sleep(1 / rate_per_s)
     return outcome

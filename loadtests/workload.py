@@ -26,13 +26,12 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 
-from loadtests.history import GET, GET_ITEM, NO_ANSWER, PURCHASE, PUT_ITEM, HistoryWriter, Op
+from loadtests.client import NO_ANSWER, GatewayClient
+from loadtests.history import GET, GET_ITEM, PURCHASE, PUT_ITEM, HistoryWriter, Op
 from loadtests.target import Target
-from services.tokens import issue_token
 
 ITEMS = 1200
 BUYERS_PER_S = 20.0
@@ -52,7 +51,6 @@ POST_GIVE_UP_S = 40.0
 POLLS = 24
 POLL_GIVE_UP_S = 90.0
 RETRY_PAUSE_S = (0.3, 1.5)
-MAX_RETRY_AFTER_S = 2.0
 RESUBMIT_CHANCE = 0.1
 ADMIN_STOCK_STEP = (-6, 8)
 DRAIN_S = 100.0
@@ -113,46 +111,10 @@ class Popularity:
         return rng.choices(self.items, cum_weights=self.cumulative)[0]
 
 
-class Client:
-    """HTTP calls that never raise: no answer is status 0 with an empty body."""
-
-    def __init__(self, session: aiohttp.ClientSession, target: Target) -> None:
-        self.session = session
-        self.target = target
-        self._tokens: dict[str, str] = {}
-
-    def token(self, user: str) -> str:
-        if user not in self._tokens:
-            self._tokens[user] = issue_token(self.target.secret, user, 3600)
-        return self._tokens[user]
-
-    async def call(
-        self, method: str, path: str, token: str, timeout_s: float, **extra: Any
-    ) -> tuple[int, dict[str, Any], float]:
-        """(status, body, seconds the answer asks us to wait before retrying)."""
-        headers = {"Authorization": f"Bearer {token}", **extra.pop("headers", {})}
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
-        url = f"{self.target.gateway_url}{path}"
-        try:
-            async with self.session.request(
-                method, url, headers=headers, timeout=timeout, **extra
-            ) as response:
-                body = await response.json(content_type=None)
-                retry_after = _seconds(response.headers.get("Retry-After"))
-                return response.status, body if isinstance(body, dict) else {}, retry_after
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return NO_ANSWER, {}, 0.0
-
-
-def _seconds(header: str | None) -> float:
-    try:
-        return min(float(header or 0), MAX_RETRY_AFTER_S)
-    except ValueError:
-        return 0.0
-
-
 class Workload:
-    def __init__(self, client: Client, writer: HistoryWriter, config: WorkloadConfig) -> None:
+    def __init__(
+        self, client: GatewayClient, writer: HistoryWriter, config: WorkloadConfig
+    ) -> None:
         self.client = client
         self.writer = writer
         self.config = config
@@ -328,7 +290,7 @@ async def run_workload(
     """Create the items, set `started` (the nemesis may begin), then run the sale."""
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)
     async with aiohttp.ClientSession(connector=connector) as session:
-        workload = Workload(Client(session, target), writer, config)
+        workload = Workload(GatewayClient(session, target), writer, config)
         await workload.create_items()
         started.set()
         await workload.run()
