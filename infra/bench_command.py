@@ -23,15 +23,10 @@ from infra.bench_tables import report_tables
 from infra.failure import print_failure
 from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
+from loadtests.bench.context import LOCK_PAUSE_ROUNDS, PHASES, BenchConfig, StackAccess
 from loadtests.bench.cpu import SystemProcesses, pids
 from loadtests.bench.report import BenchResults, machine_description, report_json
-from loadtests.bench.runner import (
-    LOCK_PAUSE_ROUNDS,
-    PHASES,
-    BenchConfig,
-    StackAccess,
-    run_bench,
-)
+from loadtests.bench.runner import run_bench
 from loadtests.target import Target
 from services.errors import FlashsaleError
 from services.settings import Settings

@@ -41,9 +41,9 @@ from services.store.items import upsert_item
 from services.store.leases import ensure_leases
 
 if TYPE_CHECKING:
-    # Annotations only: the report and the runner import this module.
+    # Annotations only: the report (which the context imports) imports this module.
+    from loadtests.bench.context import Bench, StackAccess
     from loadtests.bench.report import SystemRun
-    from loadtests.bench.runner import Bench, StackAccess
 
 Progress = Callable[[str], None]
 
