@@ -1,0 +1,162 @@
+"""An item's stock filter read beside Postgres, and brought back to what Postgres
+says is left: the repairs the reconciler (services.reconciler) makes after a
+drift or a lost shard, and the change an admin write makes to the filter.
+
+Every change is an increment, never an overwrite that could erase a concurrent
+reserve or give-back; a lost shard is filled only where it is still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from services.resources import CoreResources
+from services.schema import MessageError, PurchaseMessage
+from services.stockfilter.filter import ShardSnapshot, StockFilter
+from services.store.db import database_errors
+from services.store.decide import CONFIRMED, PAID
+from services.store.items import Item, ItemWrite, get_items
+from services.store.purchases import known_statuses
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterView:
+    """An item's filter read from Redis first and Postgres second.
+
+    Every purchase settled after the Redis snapshot is still in it, and Postgres
+    is read in one snapshot, so `sold` and the statuses agree with each other.
+    """
+
+    item: Item
+    shards: list[ShardSnapshot]
+    messages: list[PurchaseMessage]
+    final: dict[str, str]
+
+    @property
+    def missing(self) -> list[int]:
+        return [i for i, shard in enumerate(self.shards) if shard.units is None]
+
+    @property
+    def filter_units(self) -> int:
+        # A shard below zero (a debt left by an older version) sells nothing.
+        return sum(max(shard.units or 0, 0) for shard in self.shards)
+
+    @property
+    def held_units(self) -> int:
+        """Units in reservation records not counted in `sold`: in flight, or rejected
+        (the settle that drops a rejected record gives its units back itself). A paid
+        purchase's units are in `sold` as a confirmed one's."""
+        return sum(
+            m.quantity
+            for m in self.messages
+            if self.final.get(m.purchase_id) not in (CONFIRMED, PAID)
+        )
+
+    @property
+    def drift(self) -> int:
+        """Units the filter lacks (positive) or holds too many (negative)."""
+        return self.item.remaining - self.held_units - self.filter_units
+
+
+async def read_views(core: CoreResources, item_ids: list[str]) -> list[FilterView]:
+    shard_lists = await asyncio.gather(*(core.stock.snapshot(i) for i in item_ids))
+    snapshots = dict(zip(item_ids, shard_lists, strict=True))
+    messages = {item_id: _decode_all(shards) for item_id, shards in snapshots.items()}
+    purchase_ids = [m.purchase_id for ms in messages.values() for m in ms]
+    async with (
+        database_errors(),
+        core.pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        items = await get_items(conn, item_ids)
+        final = await known_statuses(conn, purchase_ids)
+    return [
+        FilterView(items[item_id], snapshots[item_id], messages[item_id], final)
+        for item_id in item_ids
+        if item_id in items
+    ]
+
+
+async def repair(stock: StockFilter, view: FilterView, per_request: int) -> int:
+    """Bring the filter to `remaining - held`: fill lost shards, and add the drift to
+    the others only where they still hold what the view saw. Returns units added."""
+    target = view.item.remaining - view.held_units
+    to_spread = target - view.filter_units
+    missing = view.missing
+    if missing:
+        share = max(to_spread, 0)
+        for index, shard in enumerate(missing):
+            units = share // len(missing) + (1 if index < share % len(missing) else 0)
+            await stock.fill(view.item.item_id, shard, units)
+        to_spread -= share
+    levels = _levels(view.shards)
+    for shard, units in spread_plan(levels, to_spread, per_request).items():
+        await stock.adjust(view.item.item_id, shard, units, expect=levels[shard])
+    return target - view.filter_units
+
+
+def _levels(shards: list[ShardSnapshot]) -> dict[int, int]:
+    return {i: max(s.units, 0) for i, s in enumerate(shards) if s.units is not None}
+
+
+def spread_plan(levels: dict[int, int], units: int, per_request: int = 1) -> dict[int, int]:
+    """How to add `units` (or take, when negative) over shards at `levels`.
+
+    Units go to the emptiest shards, in lots a request can use; units are taken
+    from the fullest, never more than a shard holds: what the shards lack now is
+    in flight, comes back as those purchases are rejected, and a later repair
+    takes it then.
+    """
+    plan: dict[int, int] = {}
+    if not levels or units == 0:
+        return plan
+    if units > 0:
+        order = sorted(levels, key=lambda i: levels[i])
+        used = max(1, min(len(order), units // max(per_request, 1)))
+        for index, shard in enumerate(order[:used]):
+            plan[shard] = units // used + (1 if index < units % used else 0)
+        return plan
+    owed = -units
+    order = sorted(levels, key=lambda i: -levels[i])
+    for shard in order:
+        take = min(owed, max(levels[shard], 0))
+        if take:
+            plan[shard] = -take
+            owed -= take
+    return plan
+
+
+async def apply_item_write(core: CoreResources, written: ItemWrite) -> None:
+    """Load the filter of a new item; change an existing one by exactly new - old
+    stock, an increment that cannot erase reserves or settlements in flight."""
+    item = written.item
+    if written.old_stock is None:
+        # NX: a reconciler may have filled the new item's shards already, and a
+        # buyer taken a unit since.
+        await core.stock.set_remaining(
+            item.item_id, item.remaining, item.per_user_limit, only_missing=True
+        )
+        return
+    shards = await core.stock.snapshot(item.item_id)
+    if any(shard.units is None for shard in shards):
+        (view,) = await read_views(core, [item.item_id])
+        await repair(core.stock, view, item.per_user_limit)
+        return
+    delta = item.stock - written.old_stock
+    for shard, units in spread_plan(_levels(shards), delta, item.per_user_limit).items():
+        await core.stock.adjust(item.item_id, shard, units)
+
+
+def _decode_all(shards: list[ShardSnapshot]) -> list[PurchaseMessage]:
+    messages = []
+    for shard in shards:
+        for raw in shard.records.values():
+            try:
+                messages.append(PurchaseMessage.decode(raw))
+            except MessageError:
+                log.error("dropping an undecodable reservation record: %r", raw[:200])
+    return messages
