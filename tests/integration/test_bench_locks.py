@@ -32,7 +32,8 @@ from loadtests.bench.locks.designs import (
     load_queries,
     redis_key,
 )
-from loadtests.bench.locks.faults import FailoverNodes, Workers, failover_round, pause_round
+from loadtests.bench.locks.failover import FailoverNodes, failover_round
+from loadtests.bench.locks.faults import Workers, pause_round
 from loadtests.bench.locks.phase import (
     FAILOVER_TTL_S,
     FAILOVER_WAIT_S,

@@ -33,7 +33,8 @@ from loadtests.bench.locks.designs import (
     load_queries,
     redis_key,
 )
-from loadtests.bench.locks.faults import FailoverNodes, Round, Workers, failover_round, pause_round
+from loadtests.bench.locks.failover import FailoverNodes, failover_round
+from loadtests.bench.locks.faults import Round, Workers, pause_round
 from loadtests.bench.locks.section import confirmed
 from loadtests.bench.servers import spawn_server, stop_server, wait_ready
 from loadtests.bench.systems import BaselineSystem, SaleSystem
