@@ -1,6 +1,12 @@
 """Steady buying traffic for fault runs: new buyers at a bounded rate, retries with
 the same Idempotency-Key when the gateway is down or answers 503, as a careful
-client would."""
+client would.
+
+A task in the fault test's own event loop (through loadtests.client), not Locust:
+the test injects its fault while the traffic runs and reads every 202's time and
+every id each key was answered with, which a Locust child process would have to
+hand back through files.
+"""
 
 from __future__ import annotations
 
