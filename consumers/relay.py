@@ -25,7 +25,12 @@ from services.failpoints import failpoint
 from services.producer import started_producer
 from services.resources import CoreResources
 from services.settings import Settings
-from services.store.outbox import OutboxEvent, mark_published, unpublished_events
+from services.store.outbox import (
+    OutboxEvent,
+    mark_published,
+    published_marks,
+    unpublished_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,8 @@ class EventRelay:
             return 0
         acked, failure = await self._send(events)
         failpoint(self.settings.failpoint, "relay.after_publish")
-        await mark_published(self.core.pool, acked)
+        marks = published_marks(events, set(acked))
+        await mark_published(self.core.pool, self.settings.topic, marks)
         self.published += len(acked)
         if failure is not None:
             raise UnavailableError(f"publishing events failed: {failure!r}") from failure

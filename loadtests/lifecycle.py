@@ -138,14 +138,22 @@ async def check_events(
     )
     if disordered:
         violations.append(f"EVENTS: {disordered} purchases have an event before their confirmed")
+    doubled = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT event_id FROM purchase_events"
+        " WHERE item_id = ANY($1::text[]) GROUP BY event_id HAVING count(*) > 1) AS d",
+        item_ids,
+    )
+    if doubled:
+        violations.append(f"EVENTS: {doubled} status changes were written to the outbox twice")
     unpublished = 0
 
     async def published() -> bool:
         nonlocal unpublished
         unpublished = int(
             await conn.fetchval(
-                "SELECT count(*) FROM purchase_events"
-                " WHERE item_id = ANY($1::text[]) AND published_at IS NULL",
+                "SELECT count(*) FROM purchase_events e JOIN partition_leases l"
+                " ON l.topic = e.topic AND l.kafka_partition = e.kafka_partition"
+                " WHERE e.item_id = ANY($1::text[]) AND e.seq > l.events_published_seq",
                 item_ids,
             )
         )
@@ -286,8 +294,10 @@ async def check_topic(
     events came in outbox order (a resend after a crash may repeat some: the
     first copy of each counts)."""
     rows = await conn.fetch(
-        "SELECT item_id, event_id FROM purchase_events"
-        " WHERE item_id = ANY($1::text[]) AND published_at IS NOT NULL ORDER BY seq",
+        "SELECT e.item_id, e.event_id FROM purchase_events e JOIN partition_leases l"
+        " ON l.topic = e.topic AND l.kafka_partition = e.kafka_partition"
+        " WHERE e.item_id = ANY($1::text[]) AND e.seq <= l.events_published_seq"
+        " ORDER BY e.seq",
         item_ids,
     )
     outbox: dict[str, list[str]] = {item_id: [] for item_id in item_ids}
