@@ -18,14 +18,12 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.stockfilter.client import RETRIES, SOCKET_TIMEOUT_S, RedisClient
+from services.stockfilter.client import SOCKET_TIMEOUT_S, RedisClient
 
 MAX_BATCH = 512
-CONNECTION_RETRIES = RETRIES
 Queued: TypeAlias = "tuple[tuple[Any, ...], AsyncScript | None, asyncio.Future[Any]]"
 
 
@@ -111,16 +109,17 @@ class AutoPipeline:
         return results
 
     async def _execute(self, batch: list[Queued]) -> list[Any]:
-        """One round trip on one pooled connection; a connection Redis dropped
-        (it restarted) is replaced once, as redis-py's own retry would."""
+        """One round trip on one pooled connection, never sent twice.
+
+        A connection that breaks after the batch went out leaves its outcome
+        unknown: Redis may have run every command. Claims, swaps, stock changes
+        and rate-limit hits are not idempotent, so each caller gets the error
+        (503: the client retries with its key) instead of a second run. A
+        connection Redis closed while idle (it restarted) is replaced before
+        anything is sent (`_ready`), and connecting retries on its own.
+        """
         packed = b"".join(pack_command(command) for command, _, _ in batch)
-        for attempt in range(CONNECTION_RETRIES + 1):
-            try:
-                return await self._round_trip(packed, len(batch))
-            except RedisConnectionError:
-                if attempt == CONNECTION_RETRIES:
-                    raise
-        raise AssertionError("unreachable")
+        return await self._round_trip(packed, len(batch))
 
     async def _round_trip(self, packed: bytes, count: int) -> list[Any]:
         """Send every command, read every reply, under one deadline.
@@ -136,6 +135,7 @@ class AutoPipeline:
             async with asyncio.timeout(self.deadline_s):
                 connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
+                    await _ready(connection)
                     await connection.send_packed_command(packed, check_health=False)
                     return [await _reply(connection) for _ in range(count)]
                 except BaseException:
@@ -146,6 +146,17 @@ class AutoPipeline:
                     await pool.release(connection)
         except TimeoutError as exc:
             raise RedisTimeoutError(f"no reply within {self.deadline_s}s") from exc
+
+
+async def _ready(connection: AbstractConnection) -> None:
+    """Reconnect a pooled connection that Redis closed while it sat idle.
+
+    redis-py 8's pool skips this check while maintenance notifications are on
+    ("auto", its default) and leaves the repair to its retry, which would send
+    a batch that may have run a second time."""
+    if await connection.can_read():  # EOF (closed by Redis) or stray bytes
+        await connection.disconnect()
+        await connection.connect()  # type: ignore[no-untyped-call]
 
 
 async def _reply(connection: AbstractConnection) -> Any:

@@ -1,0 +1,151 @@
+"""The auto-pipeline on a connection that breaks: a command is never run twice.
+
+A TCP proxy in front of the real Redis loses a reply on demand: the command
+reaches Redis and runs, then the client's connection is reset before the reply
+arrives. The caller may get an error (the outcome is unknown to it), but Redis
+must not run the command a second time: claim, swap, adjust and the rate
+limiter's scripts are not idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.exceptions import RedisError
+
+from infra.embedded.redis import EmbeddedRedis
+from services.errors import UnavailableError
+from services.stockfilter.autopipe import AutoPipeline
+from services.stockfilter.client import close_redis, open_redis
+from services.stockfilter.idempotency import IdempotencyStore, new_claim
+from tests.conftest import fresh_id
+
+
+class ReplyLosingProxy:
+    """Forwards every byte both ways until told to lose the next reply."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.lose_next_reply = False
+        self.replies_lost = 0
+        self._clients: list[asyncio.StreamWriter] = []
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._clients.append(writer)
+        for pump in (self._pump(reader, up_writer), self._pump(up_reader, writer, replies=True)):
+            task = asyncio.ensure_future(pump)
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+
+    async def _pump(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, replies: bool = False
+    ) -> None:
+        try:
+            while data := await source.read(65536):
+                if replies and self.lose_next_reply:
+                    self.lose_next_reply = False
+                    self.replies_lost += 1
+                    sink.transport.abort()  # the command ran; its reply never arrives
+                    return
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            sink.close()
+
+    async def close_clients(self) -> None:
+        """What a Redis restart does to pooled connections: the server closes them."""
+        for writer in self._clients:
+            writer.close()
+        for writer in self._clients:
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+        self._clients.clear()
+
+    async def close(self) -> None:
+        await self.close_clients()
+        for task in list(self._pumps):
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+
+
+@pytest.fixture
+async def proxy(redis_server: EmbeddedRedis) -> AsyncIterator[tuple[ReplyLosingProxy, int]]:
+    upstream_port = int(redis_server.url.rsplit(":", 1)[1].split("/")[0])
+    lossy = ReplyLosingProxy(upstream_port)
+    server = await asyncio.start_server(lossy.serve, "127.0.0.1", 0)
+    try:
+        yield lossy, server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await lossy.close()
+        await server.wait_closed()
+
+
+async def test_a_script_whose_reply_was_lost_is_not_run_again(
+    redis_server: EmbeddedRedis, proxy: tuple[ReplyLosingProxy, int]
+) -> None:
+    lossy, port = proxy
+    direct = open_redis(redis_server.url, cluster=False)
+    client = open_redis(f"redis://127.0.0.1:{port}", cluster=False)
+    try:
+        key = fresh_id("counted")
+        incr = client.register_script("return redis.call('INCR', KEYS[1])")
+        pipe = AutoPipeline(client)
+        await client.script_load(incr.script)
+        await pipe.get(key)  # a pooled connection through the proxy
+        lossy.lose_next_reply = True
+        with contextlib.suppress(RedisError):
+            await pipe.script(incr, [key], [])
+        assert lossy.replies_lost == 1
+        assert int(await direct.get(key)) == 1  # type: ignore[arg-type]
+    finally:
+        await close_redis(client)
+        await close_redis(direct)
+
+
+async def test_a_claim_whose_reply_was_lost_is_never_mistaken_for_a_twin(
+    redis_server: EmbeddedRedis, proxy: tuple[ReplyLosingProxy, int]
+) -> None:
+    """Run twice, the claim would answer the request with its own claim, as if a
+    twin were admitting it: 409 in_progress for a request nobody else made."""
+    lossy, port = proxy
+    client = open_redis(f"redis://127.0.0.1:{port}", cluster=False)
+    try:
+        pipe = AutoPipeline(client)
+        store = IdempotencyStore(client, 60, pipe)
+        await store.get(fresh_id("warm"))  # scripts aside, a pooled connection
+        await store.claim(fresh_id("p"), new_claim("warm", "sku", 1))  # scripts loaded
+        mine = new_claim("alice", "sku", 1)
+        lossy.lose_next_reply = True
+        try:
+            earlier = await store.claim(fresh_id("p"), mine)
+        except UnavailableError:
+            earlier = None  # unknown outcome, answered 503: the client retries
+        assert lossy.replies_lost == 1
+        assert earlier != mine
+    finally:
+        await close_redis(client)
+
+
+async def test_connections_closed_while_idle_are_replaced_without_an_error(
+    proxy: tuple[ReplyLosingProxy, int],
+) -> None:
+    """A Redis restart resets every pooled connection: the next calls still answer."""
+    lossy, port = proxy
+    client = open_redis(f"redis://127.0.0.1:{port}", cluster=False)
+    try:
+        pipe = AutoPipeline(client)
+        key = fresh_id("reset")
+        await client.set(key, "v")
+        assert await asyncio.gather(*(pipe.get(key) for _ in range(20))) == [b"v"] * 20
+        await lossy.close_clients()
+        assert await asyncio.gather(*(pipe.get(key) for _ in range(20))) == [b"v"] * 20
+    finally:
+        await close_redis(client)
