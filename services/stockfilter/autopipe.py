@@ -24,7 +24,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.stockfilter.client import SOCKET_TIMEOUT_S, RedisClient
 
 MAX_BATCH = 512
-Queued: TypeAlias = "tuple[tuple[Any, ...], AsyncScript | None, asyncio.Future[Any]]"
+# (the packed command, its script when it is an EVALSHA, its caller's future)
+Queued: TypeAlias = "tuple[bytes, AsyncScript | None, asyncio.Future[Any]]"
 
 
 class AutoPipeline:
@@ -57,9 +58,12 @@ class AutoPipeline:
         return await self._enqueue(command, script)
 
     def _enqueue(self, command: tuple[Any, ...], script: AsyncScript | None) -> asyncio.Future[Any]:
+        # Packed here, so an argument hiredis cannot pack fails its own caller
+        # only, not every caller sharing the batch.
+        packed = pack_command(command)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((command, script, future))
+        self._queue.append((packed, script, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush)
@@ -118,7 +122,7 @@ class AutoPipeline:
         connection Redis closed while idle (it restarted) is replaced before
         anything is sent (`_ready`), and connecting retries on its own.
         """
-        packed = b"".join(pack_command(command) for command, _, _ in batch)
+        packed = b"".join(command for command, _, _ in batch)
         return await self._round_trip(packed, len(batch))
 
     async def _round_trip(self, packed: bytes, count: int) -> list[Any]:

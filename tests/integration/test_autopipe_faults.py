@@ -149,3 +149,19 @@ async def test_connections_closed_while_idle_are_replaced_without_an_error(
         assert await asyncio.gather(*(pipe.get(key) for _ in range(20))) == [b"v"] * 20
     finally:
         await close_redis(client)
+
+
+async def test_a_command_that_cannot_be_packed_fails_alone(redis_server: EmbeddedRedis) -> None:
+    client = open_redis(redis_server.url, cluster=False)
+    try:
+        key = fresh_id("packed")
+        await client.set(key, "v")
+        echo = client.register_script("return ARGV[1]")
+        pipe = AutoPipeline(client)
+        good, bad = await asyncio.gather(
+            pipe.get(key), pipe.script(echo, [key], [None]), return_exceptions=True
+        )
+        assert good == b"v"
+        assert isinstance(bad, TypeError)
+    finally:
+        await close_redis(client)
