@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.stockfilter.client import SOCKET_TIMEOUT_S, RedisClient
@@ -105,9 +105,14 @@ class AutoPipeline:
         if not unknown:
             return results
         scripts = {id(script): script for n in unknown if (script := batch[n][1]) is not None}
-        for script in scripts.values():
-            await self.redis.script_load(script.script)
-        again = await self._execute([batch[n] for n in unknown])
+        try:
+            for script in scripts.values():
+                await self.redis.script_load(script.script)
+            again = await self._execute([batch[n] for n in unknown])
+        except RedisError as exc:
+            # Only the calls that met NOSCRIPT failed: the others ran, and their
+            # callers get what Redis answered them (a reserve that took a unit).
+            again = [exc] * len(unknown)
         for n, result in zip(unknown, again, strict=True):
             results[n] = result
         return results

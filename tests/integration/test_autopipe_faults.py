@@ -165,3 +165,32 @@ async def test_a_command_that_cannot_be_packed_fails_alone(redis_server: Embedde
         assert isinstance(bad, TypeError)
     finally:
         await close_redis(client)
+
+
+async def test_scripts_that_cannot_be_reloaded_fail_alone(redis_server: EmbeddedRedis) -> None:
+    """After NOSCRIPT the missing scripts are loaded; when that fails, the calls
+    that did run keep their answers (a reserve that took a unit is not a 503)."""
+    admin = open_redis(redis_server.url, cluster=False)
+    user, password = fresh_id("pipe-user"), fresh_id("pw")
+    await admin.execute_command(
+        "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-script|load"
+    )
+    host_port = redis_server.url.removeprefix("redis://")
+    client = open_redis(f"redis://{user}:{password}@{host_port}", cluster=False)
+    try:
+        key = fresh_id("reloaded")
+        loaded = admin.register_script("return redis.call('INCR', KEYS[1])")
+        forgotten = admin.register_script("return 'never loaded ' .. KEYS[1]")
+        await admin.script_load(loaded.script)
+        pipe = AutoPipeline(client)
+        ran, refused = await asyncio.gather(
+            pipe.script(loaded, [key], []),
+            pipe.script(forgotten, [key], []),
+            return_exceptions=True,
+        )
+        assert isinstance(refused, RedisError)
+        assert ran == 1
+    finally:
+        await close_redis(client)
+        await admin.execute_command("ACL", "DELUSER", user)
+        await close_redis(admin)
