@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.exceptions import RedisError
@@ -194,3 +195,24 @@ async def test_scripts_that_cannot_be_reloaded_fail_alone(redis_server: Embedded
         await close_redis(client)
         await admin.execute_command("ACL", "DELUSER", user)
         await close_redis(admin)
+
+
+async def test_a_redis_restart_costs_no_error_on_pooled_connections(tmp_path: Path) -> None:
+    """Kill -9 and a start on the same port: the pooled connections are dead, the
+    scripts forgotten; the next claims reconnect and reload before they send."""
+    tmp_path.chmod(0o755)
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    try:
+        client = open_redis(server.url, cluster=False)
+        try:
+            store = IdempotencyStore(client, 60, AutoPipeline(client))
+            claims = [store.claim(fresh_id("p"), new_claim("u", "sku", 1)) for _ in range(30)]
+            assert await asyncio.gather(*claims) == [None] * 30
+            await asyncio.to_thread(server.restart)
+            claims = [store.claim(fresh_id("p"), new_claim("u", "sku", 1)) for _ in range(30)]
+            assert await asyncio.gather(*claims) == [None] * 30
+        finally:
+            await close_redis(client)
+    finally:
+        server.stop()
