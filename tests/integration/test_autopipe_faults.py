@@ -200,9 +200,8 @@ async def test_scripts_that_cannot_be_reloaded_fail_alone(redis_server: Embedded
 async def test_a_redis_restart_costs_no_error_on_pooled_connections(tmp_path: Path) -> None:
     """Kill -9 and a start on the same port: the pooled connections are dead, the
     scripts forgotten; the next claims reconnect and reload before they send."""
-    tmp_path.chmod(0o755)
     server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
+    await asyncio.to_thread(server.start)
     try:
         client = open_redis(server.url, cluster=False)
         try:
@@ -215,4 +214,4 @@ async def test_a_redis_restart_costs_no_error_on_pooled_connections(tmp_path: Pa
         finally:
             await close_redis(client)
     finally:
-        server.stop()
+        await asyncio.to_thread(server.stop)
