@@ -42,8 +42,10 @@ class AutoPipeline:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
-        """Let the flushes already sent finish: their callers are waiting for them."""
-        if self._tasks:
+        """Send what is queued and let every flush finish: their callers are waiting
+        for them, and the client closes after this."""
+        while self._queue or self._tasks:
+            self._start_flush()  # the turn's flush may not have started yet
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def get(self, key: str) -> Any:

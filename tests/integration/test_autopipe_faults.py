@@ -215,3 +215,20 @@ async def test_a_redis_restart_costs_no_error_on_pooled_connections(tmp_path: Pa
             await close_redis(client)
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_close_answers_every_call_queued_before_it(redis_server: EmbeddedRedis) -> None:
+    """Calls queued in this loop turn are not sent yet when close() starts: it
+    sends them and waits, so none is answered on a closed client, or never."""
+    client = open_redis(redis_server.url, cluster=False)
+    try:
+        key = fresh_id("closing")
+        await client.set(key, "v")
+        pipe = AutoPipeline(client)
+        queued = [asyncio.ensure_future(pipe.get(key)) for _ in range(5)]
+        await asyncio.sleep(0)  # each call is in the queue, its flush not started
+        await pipe.close()
+        assert all(call.done() for call in queued)
+        assert [call.result() for call in queued] == [b"v"] * 5
+    finally:
+        await close_redis(client)
