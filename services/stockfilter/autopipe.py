@@ -18,14 +18,18 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.stockfilter.client import SOCKET_TIMEOUT_S, RedisClient
+from services.stockfilter.client import RETRIES, SOCKET_TIMEOUT_S, RedisClient
 
 MAX_BATCH = 512
-# (the packed command, its script when it is an EVALSHA, its caller's future)
-Queued: TypeAlias = "tuple[bytes, AsyncScript | None, asyncio.Future[Any]]"
+# A broken connection is replaced, and the calls safe to run twice sent again, this often.
+RESENDS = RETRIES
+# (the packed command, its script when it is an EVALSHA, whether running it twice
+# does no harm, its caller's future)
+Queued: TypeAlias = "tuple[bytes, AsyncScript | None, bool, asyncio.Future[Any]]"
 
 
 class AutoPipeline:
@@ -51,21 +55,31 @@ class AutoPipeline:
     async def get(self, key: str) -> Any:
         if not self.enabled:
             return await self.redis.get(key)
-        return await self._enqueue(("GET", key), None)
+        return await self._enqueue(("GET", key), None, idempotent=True)
 
-    async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def script(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        idempotent: bool = False,
+    ) -> Any:
+        """`idempotent`: a second run changes nothing and answers alike, so the
+        call may be sent again when the connection broke before its reply."""
         if not self.enabled:
             return await script(keys=list(keys), args=list(args))
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        return await self._enqueue(command, script)
+        return await self._enqueue(command, script, idempotent)
 
-    def _enqueue(self, command: tuple[Any, ...], script: AsyncScript | None) -> asyncio.Future[Any]:
+    def _enqueue(
+        self, command: tuple[Any, ...], script: AsyncScript | None, idempotent: bool
+    ) -> asyncio.Future[Any]:
         # Packed here, so an argument hiredis cannot pack fails its own caller
         # only, not every caller sharing the batch.
         packed = pack_command(command)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((packed, script, future))
+        self._queue.append((packed, script, idempotent, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush)
@@ -89,7 +103,7 @@ class AutoPipeline:
         except Exception as exc:  # not swallowed: each waiter raises it (a fan-out point)
             _fail(batch, exc)
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, _, _, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, Exception):
@@ -119,20 +133,31 @@ class AutoPipeline:
             results[n] = result
         return results
 
-    async def _execute(self, batch: list[Queued]) -> list[Any]:
-        """One round trip on one pooled connection, never sent twice.
+    async def _execute(self, batch: list[Queued], resends: int = RESENDS) -> list[Any]:
+        """One round trip on one pooled connection; what a broken one left unanswered.
 
-        A connection that breaks after the batch went out leaves its outcome
-        unknown: Redis may have run every command. Claims, swaps, stock changes
-        and rate-limit hits are not idempotent, so each caller gets the error
-        (503: the client retries with its key) instead of a second run. A
-        connection Redis closed while idle (it restarted) is replaced before
-        anything is sent (`_ready`), and connecting retries on its own.
+        A connection that breaks after the batch went out leaves the calls not
+        answered yet unknown: Redis may have run them. Claims, swaps, stock
+        changes and rate-limit hits must not run twice: their callers get the
+        error (503: the client retries with its key). Calls safe to run twice (a
+        reserve, a read) are sent again on a new connection. A connection Redis
+        closed while idle (it restarted) is replaced before anything is sent
+        (`_ready`), and connecting retries on its own.
         """
-        packed = b"".join(command for command, _, _ in batch)
-        return await self._round_trip(packed, len(batch))
+        replies: list[Any] = []
+        try:
+            await self._round_trip(b"".join(q[0] for q in batch), len(batch), replies)
+        except RedisConnectionError as exc:
+            unanswered = batch[len(replies) :]
+            again = [q for q in unanswered if q[2]] if resends else []
+            try:
+                answers = iter(await self._execute(again, resends - 1) if again else [])
+            except RedisError as resend_error:
+                answers = iter([resend_error] * len(again))
+            replies += [next(answers) if resends and q[2] else exc for q in unanswered]
+        return replies
 
-    async def _round_trip(self, packed: bytes, count: int) -> list[Any]:
+    async def _round_trip(self, packed: bytes, count: int, replies: list[Any]) -> None:
         """Send every command, read every reply, under one deadline.
 
         redis-py's pipeline packs in Python and puts a timeout around each reply:
@@ -148,7 +173,8 @@ class AutoPipeline:
                 try:
                     await _ready(connection)
                     await connection.send_packed_command(packed, check_health=False)
-                    return [await _reply(connection) for _ in range(count)]
+                    for _ in range(count):
+                        replies.append(await _reply(connection))
                 except BaseException:
                     # Replies may still be on their way: the connection is out of step.
                     await connection.disconnect(nowait=True)
@@ -179,6 +205,6 @@ async def _reply(connection: AbstractConnection) -> Any:
 
 
 def _fail(batch: list[Queued], exc: BaseException) -> None:
-    for _, _, future in batch:
+    for *_, future in batch:
         if not future.done():
             future.set_exception(exc)

@@ -21,6 +21,7 @@ from infra.embedded.redis import EmbeddedRedis
 from services.errors import UnavailableError
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import close_redis, open_redis
+from services.stockfilter.filter import ALREADY_RESERVED, StockFilter
 from services.stockfilter.idempotency import IdempotencyStore, new_claim
 from tests.conftest import fresh_id
 
@@ -230,5 +231,26 @@ async def test_close_answers_every_call_queued_before_it(redis_server: EmbeddedR
         await pipe.close()
         assert all(call.done() for call in queued)
         assert [call.result() for call in queued] == [b"v"] * 5
+    finally:
+        await close_redis(client)
+
+
+async def test_a_reserve_whose_reply_was_lost_is_sent_again_and_takes_one_unit(
+    redis_server: EmbeddedRedis, proxy: tuple[ReplyLosingProxy, int]
+) -> None:
+    """A reserve is safe to run twice (the second finds its own record): its
+    caller gets an answer, not a 503 that leaves the unit reserved."""
+    lossy, port = proxy
+    client = open_redis(f"redis://127.0.0.1:{port}", cluster=False)
+    try:
+        stock = StockFilter(client, 1)
+        item_id = fresh_id()
+        await stock.set_remaining(item_id, 5)
+        await stock.reserve_at(item_id, 0, "warm", 1, b"m")  # scripts loaded, a connection
+        lossy.lose_next_reply = True
+        code, left = await stock.reserve_at(item_id, 0, "p1", 1, b"m")
+        assert lossy.replies_lost == 1
+        assert (code, left) == (ALREADY_RESERVED, 3)
+        assert await stock.shard_levels(item_id) == [3]
     finally:
         await close_redis(client)
