@@ -19,7 +19,6 @@ import pytest
 from redis.exceptions import RedisError
 
 from infra.embedded.redis import EmbeddedRedis
-from services.errors import UnavailableError
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import close_redis, open_redis
 from services.stockfilter.filter import ALREADY_RESERVED, StockFilter
