@@ -340,7 +340,10 @@ class PurchaseConsumer:
                 async with asyncio.timeout(OFFSETS_TIMEOUT_S):
                     ends = await self.kafka.end_offsets([tp])
                     begins = await self.kafka.beginning_offsets([tp])
-            except TimeoutError:
+            except (TimeoutError, KafkaError, KeyError) as exc:
+                # A partition the broker refuses or leaves out of its answer waits
+                # for the next round like a silent one; the others are leased now.
+                log.debug("partition %d: no offsets: %r", tp.partition, exc)
                 return None
             return tp, ends[tp], begins[tp]
 
