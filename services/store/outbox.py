@@ -104,3 +104,18 @@ def published_marks(events: list[OutboxEvent], acked: set[int]) -> dict[int, int
         else:
             stopped.add(event.partition)
     return marks
+
+
+async def prune_published(
+    pool: asyncpg.Pool, topic: str, partitions: list[int], retention_s: float, limit: int
+) -> int:
+    """Delete published events older than the retention, up to `limit` per partition;
+    the number deleted."""
+    deleted = 0
+    async with database_errors():
+        for partition in partitions:
+            status = await pool.execute(
+                query("prune_published"), topic, partition, retention_s, limit
+            )
+            deleted += int(status.split()[-1])
+    return deleted
