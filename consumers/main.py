@@ -195,6 +195,8 @@ async def relay_forever(
                 while not stop.is_set():
                     try:
                         sent = await relay.run_once()
+                        if sent < RELAY_BATCH:
+                            await relay.prune_if_due()
                     except UnavailableError as exc:
                         log.warning("event relay backing off %.1fs: %s", backoff_s, exc)
                         await _wait(stop, backoff_s)

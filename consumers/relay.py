@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 from aiokafka import AIOKafkaProducer
@@ -25,11 +26,21 @@ from services.failpoints import failpoint
 from services.producer import started_producer
 from services.resources import CoreResources
 from services.settings import Settings
-from services.store.outbox import OutboxEvent, mark_published, unpublished_events
+from services.store.outbox import (
+    OutboxEvent,
+    mark_published,
+    prune_published,
+    published_marks,
+    unpublished_events,
+)
 
 log = logging.getLogger(__name__)
 
 RELAY_BATCH = 500
+# How often a relay deletes the published events past their retention, and how
+# many at most per partition each time (the outbox grows by a sale's events).
+PRUNE_EVERY_S = 60.0
+PRUNE_BATCH = 20_000
 # How often an idle relay looks for new events: the delay an event may wait.
 RELAY_IDLE_S = 0.2
 SEND_TIMEOUT_S = 10.0
@@ -52,6 +63,7 @@ class EventRelay:
         self.published = 0
         # The producers' partitioner, over the sorted partitions: one item, one partition.
         self._partitioner = DefaultPartitioner()
+        self._prune_at = 0.0
 
     async def run_once(self) -> int:
         """One round; the number of events acknowledged and marked."""
@@ -62,11 +74,30 @@ class EventRelay:
             return 0
         acked, failure = await self._send(events)
         failpoint(self.settings.failpoint, "relay.after_publish")
-        await mark_published(self.core.pool, acked)
+        marks = published_marks(events, set(acked))
+        await mark_published(self.core.pool, self.settings.topic, marks)
         self.published += len(acked)
         if failure is not None:
             raise UnavailableError(f"publishing events failed: {failure!r}") from failure
         return len(acked)
+
+    async def prune_if_due(self) -> int:
+        """Delete the owned partitions' published events past the retention, at
+        most once every PRUNE_EVERY_S; the number deleted."""
+        now = time.monotonic()
+        if now < self._prune_at:
+            return 0
+        self._prune_at = now + PRUNE_EVERY_S
+        deleted = await prune_published(
+            self.core.pool,
+            self.settings.topic,
+            sorted(self.owned()),
+            self.settings.outbox_retention_s,
+            PRUNE_BATCH,
+        )
+        if deleted:
+            log.info("outbox: deleted %d published events past their retention", deleted)
+        return deleted
 
     async def _send(self, events: list[OutboxEvent]) -> tuple[list[int], BaseException | None]:
         """Send a round; the seqs the broker acknowledged, and a failure if any.

@@ -340,7 +340,10 @@ class PurchaseConsumer:
                 async with asyncio.timeout(OFFSETS_TIMEOUT_S):
                     ends = await self.kafka.end_offsets([tp])
                     begins = await self.kafka.beginning_offsets([tp])
-            except TimeoutError:
+            except (TimeoutError, KafkaError, KeyError) as exc:
+                # A partition the broker refuses or leaves out of its answer waits
+                # for the next round like a silent one; the others are leased now.
+                log.debug("partition %d: no offsets: %r", tp.partition, exc)
                 return None
             return tp, ends[tp], begins[tp]
 
@@ -403,8 +406,11 @@ class PurchaseConsumer:
                 if time.monotonic() >= self._sweep_at:
                     self._sweep_at = time.monotonic() + EXPIRY_SWEEP_S
                     await self.expire_holds()
+                # The limit counts records of all partitions together: per
+                # partition, so each lease's batch stays as large under load.
+                partitions = max(1, len(self.leases.epochs))
                 batches = await self.kafka.getmany(
-                    timeout_ms=200, max_records=self.settings.batch_max_records
+                    timeout_ms=200, max_records=self.settings.batch_max_records * partitions
                 )
                 await self.handle_all(batches)
                 self.observe_lag()
@@ -415,19 +421,20 @@ class PurchaseConsumer:
                 backoff_s = min(backoff_s * 2, RETRY_BACKOFF_MAX_S)
 
     async def handle_all(self, batches: dict[TopicPartition, list[KafkaRecord]]) -> None:
-        """Apply each partition's batch; after a failure, rewind every batch not applied."""
-        failure: UnavailableError | None = None
-        for tp, messages in batches.items():
-            if failure is not None:
-                if messages:
-                    self.kafka.seek(tp, messages[0].offset)
-                continue
-            try:
-                await self.handle(tp, messages)
-            except UnavailableError as exc:
-                failure = exc
-        if failure is not None:
-            raise failure
+        """Apply the partitions' batches side by side, each in its own transaction
+        on its own connection: their leases are independent, and one after another
+        the process waited on Postgres once per partition. A batch that fails
+        rewinds its own partition; the first failure is raised once all are done."""
+        outcomes = await asyncio.gather(
+            *(self.handle(tp, messages) for tp, messages in batches.items()),
+            return_exceptions=True,
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, UnavailableError):
+                raise failure
+        if failures:
+            raise failures[0]
 
     async def handle(
         self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]

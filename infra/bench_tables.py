@@ -77,6 +77,7 @@ def _phases_table(report: dict[str, Any]) -> Table:
         ("open_stock postgres_row sold/s", open_stock["postgres_row_sold_per_s"]),
         ("apply batched records/s", apply["batched_per_s"]),
         ("apply one-by-one records/s", apply["one_by_one_per_s"]),
+        ("apply batched, one partition alone", apply.get("one_partition_per_s")),
         ("lock_under_pause redis_lock oversold", pause["redis_lock_oversold"]),
         ("lock_under_pause flashsale oversold", pause["flashsale_oversold"]),
         *((f"ratio {name}", ratio) for name, ratio in report["ratios"].items()),

@@ -102,14 +102,27 @@ FROM purchase_events c
 JOIN purchase_events m ON m.purchase_id = c.purchase_id AND m.status <> 'confirmed'
 WHERE c.item_id = ANY($1::text[]) AND c.status = 'confirmed' AND m.seq < c.seq;
 
--- name: unpublished_events
+-- name: events_written_twice
+-- Status changes of the items $1 with more than one outbox row.
 SELECT count(*)
-FROM purchase_events
-WHERE item_id = ANY($1::text[]) AND published_at IS NULL;
+FROM (
+  SELECT event_id FROM purchase_events
+  WHERE item_id = ANY($1::text[])
+  GROUP BY event_id HAVING count(*) > 1
+) AS d;
+
+-- name: unpublished_events
+-- Events of the items $1 above their partition's published mark.
+SELECT count(*)
+FROM purchase_events e
+JOIN partition_leases l ON l.topic = e.topic AND l.kafka_partition = e.kafka_partition
+WHERE e.item_id = ANY($1::text[]) AND e.seq > l.events_published_seq;
 
 -- name: published_events
--- The events of the items $1 the relay marked published, in outbox order.
-SELECT item_id, event_id
-FROM purchase_events
-WHERE item_id = ANY($1::text[]) AND published_at IS NOT NULL
-ORDER BY seq;
+-- The events of the items $1 at or below their partition's published mark, in
+-- outbox order.
+SELECT e.item_id, e.event_id
+FROM purchase_events e
+JOIN partition_leases l ON l.topic = e.topic AND l.kafka_partition = e.kafka_partition
+WHERE e.item_id = ANY($1::text[]) AND e.seq <= l.events_published_seq
+ORDER BY e.seq;

@@ -68,6 +68,9 @@ async def check_events(
     disordered = await conn.fetchval(QUERIES["events_before_confirmed"], item_ids)
     if disordered:
         violations.append(f"EVENTS: {disordered} purchases have an event before their confirmed")
+    doubled = await conn.fetchval(QUERIES["events_written_twice"], item_ids)
+    if doubled:
+        violations.append(f"EVENTS: {doubled} status changes were written to the outbox twice")
     unpublished = 0
 
     async def published() -> bool:

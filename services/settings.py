@@ -43,6 +43,8 @@ RECONCILE_INTERVAL_S = 2.0
 REJOIN_STUCK_S = 45.0
 # Longer than a produce may take (5 s): a slow admitter is not taken over.
 RESERVATION_STALE_S = 10.0
+# Published events stay in the outbox this long (to replay by hand, to audit).
+OUTBOX_RETENTION_S = 7 * 24 * 3600.0
 GATEWAY_PORT = 8080
 # HMAC-SHA256 keys and bearer secrets: 32 bytes is the hash's own strength.
 MIN_SECRET_BYTES = 32
@@ -91,6 +93,7 @@ class Settings:
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
     reservation_stale_s: float = RESERVATION_STALE_S
     rejoin_stuck_s: float = REJOIN_STUCK_S
+    outbox_retention_s: float = OUTBOX_RETENTION_S
     consumer_group: str = "flashsale-consumers"
     consumer_name: str = ""
     # A consumer serves GET /metrics here; port 0 (the default) serves none, so the

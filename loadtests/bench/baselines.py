@@ -260,7 +260,22 @@ async def _sell_under_lock(request: web.Request, purchase: Purchase) -> web.Resp
     return _sold(purchase)
 
 
-def _arguments() -> tuple[BaselineConfig, int]:
+def server_arguments(config: BaselineConfig) -> list[str]:
+    """The command line `parse_arguments` reads back into `config` (with --fd added)."""
+    return [
+        config.mode,
+        # One token each: a secret may begin with "-" (token_urlsafe), and argparse
+        # reads "--secret -x..." as a missing value.
+        f"--secret={config.secret}",
+        f"--database-url={config.database_url}",
+        f"--redis-url={config.redis_url}",
+        f"--lock-ttl-ms={config.lock_ttl_ms}",
+        f"--pause-ms={config.pause_ms}",
+        *(["--local-queue"] if config.local_queue else []),
+    ]
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[BaselineConfig, int]:
     parser = argparse.ArgumentParser(description="A baseline server of `flashsale bench`.")
     parser.add_argument("mode", choices=MODES)
     parser.add_argument("--fd", type=int, required=True, help="listening socket to serve on")
@@ -270,7 +285,7 @@ def _arguments() -> tuple[BaselineConfig, int]:
     parser.add_argument("--lock-ttl-ms", type=int, default=LOCK_TTL_MS)
     parser.add_argument("--pause-ms", type=int, default=0)
     parser.add_argument("--local-queue", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = BaselineConfig(
         mode=args.mode,
         secret=args.secret,
@@ -284,7 +299,7 @@ def _arguments() -> tuple[BaselineConfig, int]:
 
 
 def main() -> None:
-    config, fd = _arguments()
+    config, fd = parse_arguments()
     serve_on_fd(lambda: create_app(config), fd)
 
 

@@ -175,6 +175,8 @@ def _apply_json(apply: ApplyFigures) -> dict[str, Any]:
         "batch_records": apply.batch_records,
         "batched_records": apply.batched_records,
         "one_by_one_records": apply.one_by_one_records,
+        "partitions": apply.partitions,
+        "one_partition_per_s": round(apply.one_partition_per_s, 1),
     }
 
 

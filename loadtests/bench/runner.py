@@ -53,7 +53,7 @@ REDIS_LOCK_PAUSED = "redis_lock_paused"
 POOL_SIZE = 10
 # redis_lock sells one unit at a time: its open-stock run is shorter.
 OPEN_STOCK_LOCK_MAX_REQUESTS = 2_000
-APPLY_MAX_RECORDS = 10_000
+APPLY_MAX_RECORDS = 40_000
 ONE_BY_ONE_MAX_RECORDS = 2_000
 
 

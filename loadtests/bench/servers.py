@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import aiohttp
 
-from loadtests.bench.baselines import BaselineConfig
+from loadtests.bench.baselines import BaselineConfig, server_arguments
 from loadtests.bench.errors import BenchError
 
 READY_TIMEOUT_S = 30.0
@@ -70,21 +70,7 @@ async def _spawn(
     config: BaselineConfig, log_path: Path
 ) -> tuple[list[asyncio.subprocess.Process], int]:
     return await spawn_servers(
-        [
-            "loadtests.bench.baselines",
-            config.mode,
-            "--secret",
-            config.secret,
-            "--database-url",
-            config.database_url,
-            "--redis-url",
-            config.redis_url,
-            "--lock-ttl-ms",
-            str(config.lock_ttl_ms),
-            "--pause-ms",
-            str(config.pause_ms),
-            *(["--local-queue"] if config.local_queue else []),
-        ],
+        ["loadtests.bench.baselines", *server_arguments(config)],
         log_path,
         config.processes,
     )

@@ -62,7 +62,7 @@ class ActiveItems:
     async def _mark_now(self, item_id: str) -> None:
         now = time.monotonic()
         async with redis_errors():
-            await self.pipe.script(self._mark, [active_items_key()], [item_id])
+            await self.pipe.script(self._mark, [active_items_key()], [item_id], idempotent=True)
         if len(self._marked_at) >= MEMO_MAX:
             self._marked_at.clear()
         self._marked_at[item_id] = now

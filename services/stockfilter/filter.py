@@ -80,8 +80,9 @@ class StockFilter:
         """(code, units left) of reserve.lua on one shard."""
         keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
         async with redis_errors():
+            # A second run finds its own record and takes nothing (ALREADY_RESERVED).
             code, left = await self.pipe.script(
-                self._reserve, keys, [purchase_id, quantity, record]
+                self._reserve, keys, [purchase_id, quantity, record], idempotent=True
             )
         return int(code), int(left)
 
@@ -156,7 +157,7 @@ class StockFilter:
     async def _shard_snapshot(self, item_id: str, shard: int) -> ShardSnapshot:
         keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
         async with redis_errors():
-            units, flat = await self.pipe.script(self._snapshot, keys, [])
+            units, flat = await self.pipe.script(self._snapshot, keys, [], idempotent=True)
         records = {_text(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
         return ShardSnapshot(None if units is None else int(units), records)
 

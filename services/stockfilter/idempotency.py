@@ -85,8 +85,13 @@ class IdempotencyStore:
     async def claim(self, purchase_id: str, record: IdempotencyRecord) -> IdempotencyRecord | None:
         """None when `record` is now the claim; else the record already there."""
         async with redis_errors():
+            # Safe to run twice (claim.lua knows its own claim): a resend after a
+            # lost reply, by the pipeline or by redis-py's retry, claims once.
             won, existing = await self.pipe.script(
-                self._claim, [idempotency_key(purchase_id)], [record.encode(), self.ttl_s]
+                self._claim,
+                [idempotency_key(purchase_id)],
+                [record.encode(), self.ttl_s],
+                idempotent=True,
             )
         return None if int(won) == 1 else IdempotencyRecord.decode(existing)
 
@@ -104,5 +109,7 @@ class IdempotencyStore:
                 self._swap,
                 [idempotency_key(purchase_id)],
                 [ours.encode(), "" if new is None else new.encode(), self.ttl_s],
+                # A replacement run twice answers alike (unclaim.lua); a drop does not.
+                idempotent=new is not None,
             )
         return int(done) == 1

@@ -1,7 +1,13 @@
 -- Drop or replace the idempotency record only if it is still the one we wrote.
 -- KEYS[1] idempotency record; ARGV[1] the record we wrote, ARGV[2] new record
 -- or '' to delete, ARGV[3] ttl in seconds
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if ARGV[2] ~= '' and current == ARGV[2] then
+  -- Replaced already: this is a resend after its reply was lost (a new record
+  -- carries its writer's nonce, so no one else wrote this value).
+  return 1
+end
+if current ~= ARGV[1] then
   return 0
 end
 if ARGV[2] == '' then

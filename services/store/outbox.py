@@ -1,4 +1,8 @@
-"""The outbox of purchase events: read what the broker has not acknowledged, mark what it has."""
+"""The outbox of purchase events: read what the broker has not acknowledged, mark what it has.
+
+"Published" is one number per partition of the purchases topic (its lease row's
+`events_published_seq`, migration 0006): every event of the partition up to
+that seq was acknowledged."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ class OutboxEvent:
     status: str
     reason: str | None
     at: datetime
+    partition: int  # of the purchases topic: whose lease wrote it
 
     def encode(self) -> bytes:
         """The value api.md gives for the purchase-events topic."""
@@ -70,13 +75,47 @@ async def unpublished_events(
             row["status"],
             row["reason"],
             row["at"],
+            row["kafka_partition"],
         )
         for row in rows
     ]
 
 
-async def mark_published(pool: asyncpg.Pool, seqs: list[int]) -> None:
-    if not seqs:
-        return
+async def mark_published(pool: asyncpg.Pool, topic: str, marks: dict[int, int]) -> None:
+    """partition -> the seq up to which all its events were acknowledged. One
+    statement per partition: each waits only for that lease's batch in progress,
+    and no two relays lock lease rows in different orders."""
     async with database_errors():
-        await pool.execute(query("mark_published"), seqs)
+        for partition, seq in sorted(marks.items()):
+            await pool.execute(query("mark_published"), topic, partition, seq)
+
+
+def published_marks(events: list[OutboxEvent], acked: set[int]) -> dict[int, int]:
+    """partition -> the last seq of the run of its events (in seq order) that were
+    all acknowledged: an event sent after a failed one of its partition stays
+    unpublished, and is sent again (readers drop the copy by event_id)."""
+    marks: dict[int, int] = {}
+    stopped: set[int] = set()
+    for event in sorted(events, key=lambda e: e.seq):
+        if event.partition in stopped:
+            continue
+        if event.seq in acked:
+            marks[event.partition] = event.seq
+        else:
+            stopped.add(event.partition)
+    return marks
+
+
+async def prune_published(
+    pool: asyncpg.Pool, topic: str, partitions: list[int], retention_s: float, limit: int
+) -> int:
+    """Delete published events older than the retention, up to `limit` per partition;
+    the number deleted."""
+    deleted = 0
+    async with database_errors():
+        for partition in partitions:
+            status = await pool.execute(
+                query("prune_published"), topic, partition, retention_s, limit
+            )
+            deleted += int(status.split()[-1])
+    return deleted

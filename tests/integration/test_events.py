@@ -42,7 +42,9 @@ async def outbox(core: CoreResources, item_id: str) -> list[str]:
 
 async def all_published(core: CoreResources, item_id: str) -> bool:
     left = await core.pool.fetchval(
-        "SELECT count(*) FROM purchase_events WHERE item_id = $1 AND published_at IS NULL",
+        "SELECT count(*) FROM purchase_events e JOIN partition_leases l"
+        " ON l.topic = e.topic AND l.kafka_partition = e.kafka_partition"
+        " WHERE e.item_id = $1 AND e.seq > l.events_published_seq",
         item_id,
     )
     return left == 0

@@ -209,13 +209,22 @@ async def test_the_lifecycle_checks_catch_a_unit_returned_twice_and_a_lost_event
         await conn.execute(
             "DELETE FROM purchase_events WHERE event_id = $1", f"{purchase_id}:cancelled"
         )
-        # An event marked published that the relay never sent.
+        # An event marked published that the relay never sent: below every
+        # partition's published mark.
         await conn.execute(
-            "INSERT INTO purchase_events (event_id, purchase_id, user_id, item_id, quantity,"
-            " status, topic, kafka_partition, published_at)"
-            " VALUES ($1, 'p_never', 'u', $2, 1, 'confirmed', 'purchases', 0, now())",
+            "INSERT INTO purchase_events (seq, event_id, purchase_id, user_id, item_id,"
+            " quantity, status, topic, kafka_partition)"
+            " VALUES (-1, $1, 'p_never', 'u', $2, 1, 'confirmed', 'purchases', 0)",
             "p_never:confirmed",
             item_id,
+        )
+        # A status change written twice (the table does not forbid it: see migration 0006).
+        await conn.execute(
+            "INSERT INTO purchase_events (seq, event_id, purchase_id, user_id, item_id,"
+            " quantity, status, reason, at, topic, kafka_partition)"
+            " SELECT -2, event_id, purchase_id, user_id, item_id, quantity, status, reason, at,"
+            " topic, kafka_partition FROM purchase_events WHERE event_id = $1",
+            f"{purchase_id}:confirmed",
         )
         found: list[str] = []
         await check_filter(conn, access, [item_id], found, settle_wait_s=0)
@@ -228,3 +237,4 @@ async def test_the_lifecycle_checks_catch_a_unit_returned_twice_and_a_lost_event
     assert "1 units went back on sale twice" in text, text
     assert f"{purchase_id}:cancelled" in text, text
     assert "1 events marked published are not on" in text and "p_never:confirmed" in text, text
+    assert "1 status changes were written to the outbox twice" in text, text

@@ -147,9 +147,11 @@ async def test_concurrent_marks_of_an_item_send_one_and_all_wait_for_it(
     sent: list[Sequence[Any]] = []
 
     class CountingPipe(AutoPipeline):
-        async def script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async def script(
+            self, script: Any, keys: Sequence[str], args: Sequence[Any], idempotent: bool = False
+        ) -> Any:
             sent.append(args)
-            return await super().script(script, keys, args)
+            return await super().script(script, keys, args, idempotent)
 
     try:
         activity = ActiveItems(client, CountingPipe(client))

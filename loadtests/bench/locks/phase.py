@@ -190,7 +190,7 @@ async def _spike(
     await _prepare(setup, bench)
     log = options.log_dir / f"locks-{setup.design}.log"
     process, port = await spawn_server(
-        ["loadtests.bench.locks.server", setup.to_json(), "--secret", bench.secret], log
+        ["loadtests.bench.locks.server", setup.to_json(), f"--secret={bench.secret}"], log
     )
     try:
         url = f"http://127.0.0.1:{port}"

@@ -20,7 +20,6 @@ INSERT INTO purchase_events (
 SELECT purchase_id || ':' || status, purchase_id, user_id, item_id, quantity, status, reason,
        $1, $2
 FROM expired ORDER BY pay_by, purchase_id
-ON CONFLICT (event_id) DO NOTHING
 ), returned AS (
 UPDATE items SET sold = items.sold - d.units, updated_at = now()
 FROM (

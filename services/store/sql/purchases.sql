@@ -8,19 +8,30 @@ SELECT purchase_id, status FROM purchases WHERE purchase_id = ANY($1::text[]);
 -- name: confirmed_totals
 -- Units each (user, item) pair already holds, for the per-user limit: a paid
 -- purchase is held as much as a confirmed one.
-SELECT p.user_id, p.item_id, sum(p.quantity)::integer AS units
-FROM purchases AS p
-JOIN unnest($1::text[], $2::text[]) AS k(user_id, item_id)
-  ON p.user_id = k.user_id AND p.item_id = k.item_id
-WHERE p.status IN ('confirmed', 'paid')
-GROUP BY p.user_id, p.item_id;
+-- LATERAL: one index probe per pair. A plain join let the planner hash the
+-- whole table's held rows on every batch, a cost that grew with every sale.
+SELECT k.user_id, k.item_id, h.units
+FROM unnest($1::text[], $2::text[]) AS k(user_id, item_id)
+CROSS JOIN LATERAL (
+    SELECT sum(p.quantity)::integer AS units
+    FROM purchases AS p
+    WHERE p.user_id = k.user_id AND p.item_id = k.item_id
+      AND p.status IN ('confirmed', 'paid')
+) AS h
+WHERE h.units IS NOT NULL;
 
 -- name: known_requests
 -- Final states by (user, idempotency key): the identity the unique constraint enforces.
-SELECT p.user_id, p.idempotency_key, p.status
-FROM purchases AS p
-JOIN unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
-  ON p.user_id = k.user_id AND p.idempotency_key = k.idempotency_key;
+-- LATERAL for the same reason as confirmed_totals: one probe of the key's unique
+-- index each (LIMIT 1, true of a unique key, keeps the planner from turning it
+-- back into a join).
+SELECT k.user_id, k.idempotency_key, p.status
+FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
+CROSS JOIN LATERAL (
+    SELECT status FROM purchases
+    WHERE user_id = k.user_id AND idempotency_key = k.idempotency_key
+    LIMIT 1
+) AS p;
 
 -- name: release_purchases
 -- Cancel ($4 = 'cancelled') or expire ($4 = 'expired') confirmed purchases.
@@ -39,7 +50,6 @@ INSERT INTO purchase_events (
 SELECT purchase_id || ':' || status, purchase_id, user_id, item_id, quantity, status, reason,
        $2, $3
 FROM released ORDER BY array_position($1::text[], purchase_id)
-ON CONFLICT (event_id) DO NOTHING
 )
 UPDATE items SET sold = items.sold - d.units, updated_at = now()
 FROM (
@@ -61,7 +71,6 @@ INSERT INTO purchase_events (
 SELECT purchase_id || ':' || status, purchase_id, user_id, item_id, quantity, status, reason,
        $2, $3
 FROM paid ORDER BY array_position($1::text[], purchase_id)
-ON CONFLICT (event_id) DO NOTHING;
 
 -- name: insert_purchases
 -- Sold grows by exactly the held (confirmed or paid) rows that were inserted, in
@@ -98,7 +107,6 @@ CROSS JOIN LATERAL (
     SELECT i.status, 2
 ) AS s
 ORDER BY i.kafka_offset, s.step
-ON CONFLICT (event_id) DO NOTHING
 )
 UPDATE items SET sold = items.sold + d.units, updated_at = now()
 FROM (
