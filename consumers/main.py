@@ -222,10 +222,13 @@ async def serve(settings: Settings, tracing: Tracing = NO_TRACING) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = ConsumerMetrics()
-    async with (
-        metrics_server(metrics, settings.consumer_metrics_host, settings.consumer_metrics_port),
-        open_core(settings, run_migrations=True, server_settings=CONSUMER_SESSION_SETTINGS) as core,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(
+            metrics_server(metrics, settings.consumer_metrics_host, settings.consumer_metrics_port)
+        )
+        core = await open_core_when_reachable(stack, settings, stop)
+        if core is None:
+            return  # stopped before Postgres and Redis could be reached
         await prepare(settings, core)
         worker = PurchaseConsumer(settings, core, build_kafka_consumer(settings), metrics, tracing)
         reconciler = asyncio.create_task(
@@ -247,6 +250,27 @@ async def serve(settings: Settings, tracing: Tracing = NO_TRACING) -> None:
             log.info("consumer %s stopping: %s", worker.name, worker.stats)
             await reconciler
             await relay
+
+
+async def open_core_when_reachable(
+    stack: contextlib.AsyncExitStack, settings: Settings, stop: asyncio.Event
+) -> CoreResources | None:
+    """The core resources, once Postgres answers: a consumer started while Postgres
+    is down or out of reach (a restart, a partition) waits for it rather than
+    exiting, since no one restarts it (chaos seed 12: a consumer restarted into a
+    partition from Postgres exited, and the partitions had no consumer left).
+    None when stopped first."""
+    backoff_s = STARTUP_RETRY_S
+    while not stop.is_set():
+        try:
+            return await stack.enter_async_context(
+                open_core(settings, run_migrations=True, server_settings=CONSUMER_SESSION_SETTINGS)
+            )
+        except UnavailableError as exc:
+            log.warning("waiting %.1fs for Postgres: %s", backoff_s, exc)
+            await _wait(stop, backoff_s)
+            backoff_s = min(backoff_s * 2, RELAY_BACKOFF_MAX_S)
+    return None
 
 
 async def consume_until_stuck(

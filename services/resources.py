@@ -14,7 +14,7 @@ from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, close_redis, open_redis
 from services.stockfilter.filter import StockFilter
 from services.stockfilter.idempotency import IdempotencyStore
-from services.store.db import open_pool
+from services.store.db import database_errors, open_pool
 from services.store.migrate import migrate
 
 
@@ -42,7 +42,7 @@ async def open_core(
         pool = await open_pool(settings.database_url, settings.db_pool_size, server_settings)
         stack.push_async_callback(pool.close)
         if run_migrations:
-            async with pool.acquire() as conn:
+            async with database_errors(), pool.acquire() as conn:
                 await migrate(conn)
         redis = open_redis(settings.redis_url, settings.redis_cluster)
         stack.push_async_callback(close_redis, redis)
