@@ -7,6 +7,7 @@ Progress goes to stderr, the summary table to stdout.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -32,6 +33,7 @@ READY_TIMEOUT_S = 5.0
 RUNS_FOLDER = "loadtests"
 MAX_USERS = 20_000
 MAX_DURATION_S = 3600
+MAX_PROCESSES = 64
 DEFAULT_STATE_DIR = Path(".flashsale")
 
 USERS_HELP = (
@@ -126,9 +128,24 @@ def _target(state_dir: Path) -> Target:
     show_default=True,
     help="Folder of the running stack (its stack.json); run files go to its loadtests/.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, MAX_PROCESSES),
+    default=None,
+    envvar="FLASHSALE_LOADTEST_PROCESSES",
+    show_envvar=True,
+    help="Locust processes generating the load: one Locust process is one core at most. "
+    "Above 1, Locust forks that many workers under a master of its own and they share "
+    f"the users.  [default: the CPU cores, {os.cpu_count() or 1} here]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def loadtest(
-    scenario: str, users: int | None, duration: int, state_dir: Path, as_json: bool
+    scenario: str,
+    users: int | None,
+    duration: int,
+    state_dir: Path,
+    processes: int | None,
+    as_json: bool,
 ) -> None:
     """Run a Locust SCENARIO headless against the running stack, then check the invariants.
 
@@ -167,6 +184,7 @@ def loadtest(
             duration,
             state_dir / RUNS_FOLDER,
             progress,
+            processes or os.cpu_count() or 1,
         )
     except LoadtestError as exc:
         progress.done()
@@ -196,7 +214,10 @@ def print_summary(console: Console, summary: LoadtestSummary) -> None:
 
 def _overview(summary: LoadtestSummary) -> Table:
     table = Table(title=f"flashsale loadtest {summary.scenario}", show_header=False)
-    table.add_row("users / run time", f"{summary.users} / {summary.duration_s} s")
+    table.add_row(
+        "users / Locust processes / run time",
+        f"{summary.users} / {summary.processes} / {summary.duration_s} s",
+    )
     table.add_row("requests", f"{summary.requests} ({summary.requests_per_s:.0f}/s)")
     table.add_row("buyers", str(summary.results.buyers))
     table.add_row("no answer (client timeout, connection error)", str(summary.unanswered))

@@ -1,7 +1,11 @@
 """The Locust child process of `flashsale loadtest` and the files it hands back.
 
 Locust runs as a child process: it monkey-patches the interpreter with gevent,
-which must not meet flashsale's asyncio code.
+which must not meet flashsale's asyncio code. With `processes` > 1 it forks
+that many workers under a master of its own (Locust's `--processes`); each
+worker writes its own statistics and results, merged here (the master's own
+report misses what the workers finish while they stop: see
+`loadtests.scenarios.processes`).
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from loadtests.locust_stats import EndpointStats, load_stats
+from loadtests.locust_stats import EndpointStats, combine, load_stats, save_stats
 from loadtests.scenarios import locustfile_path
 from loadtests.scenarios.params import ScenarioParams
-from loadtests.scenarios.results import ScenarioResults
+from loadtests.scenarios.results import ScenarioResults, worker_path
 from services.errors import FlashsaleError
 
 # After the run time, users get this long to finish the request they are in.
@@ -43,6 +47,8 @@ class Progress(Protocol):
 @dataclass(frozen=True, slots=True)
 class RunFiles:
     folder: Path
+    # Locust processes generating load: 1 is Locust alone, N a master and N workers.
+    processes: int = 1
 
     @property
     def stats_base(self) -> Path:
@@ -60,10 +66,31 @@ class RunFiles:
     def log(self) -> Path:
         return self.folder / "locust.log"
 
+    def worker_files(self) -> list[tuple[Path, Path]]:
+        """Each worker's (statistics, results), when there are several processes."""
+        if self.processes == 1:
+            return []
+        return [
+            (worker_path(self.stats_json, index), worker_path(self.results, index))
+            for index in range(self.processes)
+        ]
+
 
 def locust_command(
     params: ScenarioParams, scenario: str, users: int, duration_s: int, files: RunFiles
 ) -> list[str]:
+    return [*_locust_base(params, scenario, users, duration_s), *_reports(files)]
+
+
+def _reports(files: RunFiles) -> list[str]:
+    if files.processes == 1:
+        return ["--json-file", str(files.stats_base), "--csv", str(files.stats_base)]
+    # No --json-file: every worker would write its own emptied statistics over the
+    # master's at exit. No --csv: the master's figures miss the workers' last requests.
+    return ["--processes", str(files.processes)]
+
+
+def _locust_base(params: ScenarioParams, scenario: str, users: int, duration_s: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -81,10 +108,6 @@ def locust_command(
         f"{duration_s}s",
         "--stop-timeout",
         str(STOP_TIMEOUT_S),
-        "--json-file",
-        str(files.stats_base),
-        "--csv",
-        str(files.stats_base),
         "--only-summary",
         "--loglevel",
         "WARNING",
@@ -108,7 +131,8 @@ def run_locust(
 ) -> None:
     command = locust_command(params, scenario, users, duration_s, files)
     deadline_s = START_ALLOWANCE_S + duration_s + STOP_TIMEOUT_S
-    progress.phase(f"{scenario}: {users} Locust users for {duration_s} s")
+    processes = "" if files.processes == 1 else f" in {files.processes} processes"
+    progress.phase(f"{scenario}: {users} Locust users{processes} for {duration_s} s")
     with files.log.open("w") as log:
         child = subprocess.Popen(
             command,
@@ -142,14 +166,16 @@ def _watch(
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM lets Locust stop its users and write its reports; SIGKILL if it hangs."""
+    """SIGTERM lets Locust stop its users and write its reports; SIGKILL if it hangs,
+    to its whole process group: the workers it forked too."""
     if child.poll() is not None:
-        return
+        return  # a master that exits has waited for its workers
     child.send_signal(signal.SIGTERM)
     try:
         child.wait(timeout=TERMINATE_GRACE_S)
     except subprocess.TimeoutExpired:
-        child.kill()
+        # Locust is not yet reaped, so its group (start_new_session) is still ours.
+        os.killpg(child.pid, signal.SIGKILL)
         child.wait()
 
 
@@ -161,6 +187,8 @@ def _tail(path: Path) -> str:
 
 
 def read_outputs(files: RunFiles) -> tuple[list[EndpointStats], ScenarioResults]:
+    if files.processes > 1:
+        _merge_workers(files)
     missing = [p for p in (files.stats_json, files.results) if not p.exists()]
     if missing:
         raise LoadtestError(
@@ -170,3 +198,16 @@ def read_outputs(files: RunFiles) -> tuple[list[EndpointStats], ScenarioResults]
     if not any(entry.requests for entry in endpoints):
         raise LoadtestError(f"locust sent no request; its log ({files.log}):\n{_tail(files.log)}")
     return endpoints, results
+
+
+def _merge_workers(files: RunFiles) -> None:
+    """The workers' files as one locust.json and one results.json, as one process writes."""
+    pairs = files.worker_files()
+    missing = [path.name for pair in pairs for path in pair if not path.exists()]
+    if missing:
+        raise LoadtestError(
+            f"{len(missing)} Locust worker files are missing ({', '.join(missing)}): a worker "
+            f"died or was stopped before it wrote them; the log:\n{_tail(files.log)}"
+        )
+    save_stats(files.stats_json, combine(load_stats(stats) for stats, _ in pairs))
+    ScenarioResults.merge(ScenarioResults.load(results) for _, results in pairs).save(files.results)

@@ -60,6 +60,44 @@ def _entry(raw: Mapping[str, Any]) -> EndpointStats:
     )
 
 
+def combine(parts: Iterable[Iterable[EndpointStats]]) -> list[EndpointStats]:
+    """The statistics of several Locust workers as one report: per request name and
+    method, counts and histograms add up."""
+    merged: dict[tuple[str, str], EndpointStats] = {}
+    for part in parts:
+        for entry in part:
+            seen = merged.get((entry.name, entry.method))
+            merged[(entry.name, entry.method)] = entry if seen is None else _add(seen, entry)
+    return sorted(merged.values(), key=lambda entry: entry.name)
+
+
+def _add(one: EndpointStats, other: EndpointStats) -> EndpointStats:
+    histogram = Counter(one.histogram)
+    histogram.update(other.histogram)
+    return EndpointStats(
+        one.name,
+        one.method,
+        one.requests + other.requests,
+        one.failures + other.failures,
+        dict(histogram),
+    )
+
+
+def save_stats(path: Path, entries: Iterable[EndpointStats]) -> None:
+    """Entries in the part of Locust's `--json-file` format that `load_stats` reads."""
+    raw = [
+        {
+            "name": entry.name,
+            "method": entry.method,
+            "num_requests": entry.requests,
+            "num_failures": entry.failures,
+            "response_times": {str(ms): count for ms, count in sorted(entry.histogram.items())},
+        }
+        for entry in entries
+    ]
+    path.write_text(json.dumps(raw, indent=1))
+
+
 def load_stats(path: Path) -> list[EndpointStats]:
     """Entries of a `locust --json-file` report (Locust writes it once, when it stops)."""
     raw = json.loads(path.read_text())

@@ -5,6 +5,8 @@ which must not meet flashsale's asyncio code); the scenario parameters reach it
 through environment variables, and it hands back two files: Locust's JSON
 report (timings) and the scenario's results file (accepted purchase ids,
 answers by status, the purchase ids each idempotency key was answered with).
+With several Locust processes, each worker hands back its own two and they are
+merged before the check.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class LoadtestSummary:
     scenario: str
     users: int
     duration_s: int
+    processes: int
     run_id: str
     folder: Path
     items: list[ItemSpec]
@@ -114,6 +117,7 @@ class LoadtestSummary:
             "scenario": self.scenario,
             "users": self.users,
             "duration_s": self.duration_s,
+            "processes": self.processes,
             "run_id": self.run_id,
             "folder": str(self.folder),
             "requests": self.requests,
@@ -138,14 +142,22 @@ class LoadtestSummary:
 
 
 def run_loadtest(
-    target: Target, scenario: str, users: int, duration_s: int, runs_dir: Path, progress: Progress
+    target: Target,
+    scenario: str,
+    users: int,
+    duration_s: int,
+    runs_dir: Path,
+    progress: Progress,
+    processes: int = 1,
 ) -> LoadtestSummary:
+    """`processes` Locust processes share the users (a worker without one would add nothing)."""
+    processes = min(processes, users)
     run_id = secrets.token_hex(3)
     items = plan_items(scenario, run_id)
     # Absolute: Locust runs with the run folder as its working directory, so a
     # relative path (the default `.flashsale`) would point inside itself.
     folder = runs_dir.resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario}-{run_id}"
-    files = RunFiles(folder)
+    files = RunFiles(folder, processes)
     files.folder.mkdir(parents=True, exist_ok=True)
     progress.phase(f"putting {len(items)} item(s) on sale")
     put_items(target, items)
@@ -157,6 +169,7 @@ def run_loadtest(
         str(files.results),
         # The payment system's token, only to the scenario that pays holds.
         admin_token=target.admin_token if scenario in PAYING_SCENARIOS else "",
+        stats_path=str(files.stats_json),
     )
     run_locust(scenario, params, users, duration_s, files, progress)
     endpoints, results = read_outputs(files)
@@ -170,6 +183,7 @@ def run_loadtest(
         scenario=scenario,
         users=users,
         duration_s=duration_s,
+        processes=processes,
         run_id=run_id,
         folder=files.folder,
         items=list(items),

@@ -22,6 +22,12 @@ from locust.contrib.fasthttp import FastHttpSession, ResponseContextManager
 from locust.env import Environment
 
 from loadtests.scenarios.params import ScenarioParams
+from loadtests.scenarios.processes import (
+    WorkerStats,
+    is_master,
+    wait_for_worker_files,
+    worker_index,
+)
 from loadtests.scenarios.results import (
     ERROR,
     MAX_EXAMPLES,
@@ -29,6 +35,7 @@ from loadtests.scenarios.results import (
     TIMEOUT,
     KeyAnswers,
     ScenarioResults,
+    worker_path,
 )
 from services.tokens import issue_token
 
@@ -215,18 +222,40 @@ class BuyerUser(FastHttpUser):
 
 
 def install(*user_classes: type[BuyerUser]) -> None:
-    """Give the user classes their run when Locust starts; write the results when it stops."""
+    """Give the user classes their run when Locust starts; write the results when it stops.
+
+    One Locust process writes `results.json` (and Locust its `locust.json`). With
+    `--processes N`, each worker writes `results.w<i>.json` and `locust.w<i>.json`
+    and the master, which has no users, writes none (see `processes`)."""
+    worker_stats: list[WorkerStats] = []  # this process's, when it is a worker
 
     def on_init(environment: Environment, **_: object) -> None:
         sale = Sale(ScenarioParams.from_env(), Recorder())
         for user_class in user_classes:
             user_class.sale = sale
+        if worker_index(environment) is not None:
+            worker_stats.append(WorkerStats(environment))
 
     def on_test_stop(environment: Environment, **_: object) -> None:
-        sale = user_classes[0].sale
-        if sale.params.results_path:
-            sale.recorder.results().save(Path(sale.params.results_path))
+        params = user_classes[0].sale.params
+        if not params.results_path or is_master(environment):
+            return
+        index = worker_index(environment)
+        if index is None:
+            user_classes[0].sale.recorder.results().save(Path(params.results_path))
+            return
+        # Statistics first: the master waits for the results file, which comes last.
+        worker_stats[0].save(worker_path(Path(params.stats_path), index))
+        user_classes[0].sale.recorder.results().save(worker_path(Path(params.results_path), index))
+
+    def on_quitting(environment: Environment, **_: object) -> None:
+        params = user_classes[0].sale.params
+        if params.results_path:
+            wait_for_worker_files(
+                environment, lambda index: [worker_path(Path(params.results_path), index)]
+            )
 
     # Locust's EventHook.add_listener carries no annotations.
     events.init.add_listener(on_init)  # type: ignore[no-untyped-call]
     events.test_stop.add_listener(on_test_stop)  # type: ignore[no-untyped-call]
+    events.quitting.add_listener(on_quitting)  # type: ignore[no-untyped-call]

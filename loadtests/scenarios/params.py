@@ -14,6 +14,7 @@ ENV_ITEMS = "FLASHSALE_LT_ITEMS"
 ENV_RESULTS = "FLASHSALE_LT_RESULTS"
 ENV_RESULT_WAIT_S = "FLASHSALE_LT_RESULT_WAIT_S"
 ENV_ADMIN_TOKEN = "FLASHSALE_LT_ADMIN_TOKEN"
+ENV_STATS = "FLASHSALE_LT_STATS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,9 @@ class ScenarioParams:
     result_wait_s: float = 10.0
     # The payment system's token (admin): only scenarios that pay holds get it.
     admin_token: str = ""
+    # Locust's JSON report: with several Locust processes each worker writes its
+    # own request statistics beside it (the master's miss the last ones).
+    stats_path: str = ""
 
     def user_prefix(self, role: str) -> str:
         return f"lt-{self.run_id}-{role}-"
@@ -53,6 +57,7 @@ class ScenarioParams:
             ENV_RESULTS: self.results_path,
             ENV_RESULT_WAIT_S: str(self.result_wait_s),
             ENV_ADMIN_TOKEN: self.admin_token,
+            ENV_STATS: self.stats_path,
         }
 
     @classmethod
@@ -81,4 +86,5 @@ class ScenarioParams:
             results_path=env.get(ENV_RESULTS, ""),
             result_wait_s=float(env.get(ENV_RESULT_WAIT_S, "10")),
             admin_token=env.get(ENV_ADMIN_TOKEN, ""),
+            stats_path=env.get(ENV_STATS, ""),
         )

@@ -4,12 +4,17 @@ Locust's own JSON holds timings; this file holds what Locust cannot know: the
 purchase ids answered 202 (for the lost-acceptance check), every purchase id
 each idempotency key was answered with (for the retry-storm check) and the
 answers counted by status, with those that break a scenario's rule apart.
+
+With several Locust processes each worker writes its own file (`worker_path`)
+and the runner merges them (`ScenarioResults.merge`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,12 @@ MAX_EXAMPLES = 20
 TIMEOUT = "timeout"
 ERROR = "error"
 NO_ANSWER = frozenset({TIMEOUT, ERROR})
+
+
+def worker_path(path: Path, worker: int) -> Path:
+    """Where worker `worker` of a multi-process run writes what would go to `path`:
+    results.json -> results.w0.json."""
+    return path.with_name(f"{path.stem}.w{worker}{path.suffix}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +80,32 @@ class ScenarioResults:
             examples=list(data["examples"]),
             buyers=int(data["buyers"]),
         )
+
+    @classmethod
+    def merge(cls, parts: Iterable[ScenarioResults]) -> ScenarioResults:
+        """One run's results from its workers' files: counts add up, ids and keys join.
+
+        A buyer (user id, key) lives in one worker, but a key seen by two would
+        still be judged on every id it was answered with."""
+        merged = cls()
+        answers: dict[str, Counter[str]] = {}
+        accepted: dict[str, None] = {}  # insertion-ordered set
+        keys: dict[tuple[str, str], set[str]] = {}
+        finals: Counter[str] = Counter()
+        broken: Counter[str] = Counter()
+        for part in parts:
+            for name, counts in part.answers.items():
+                answers.setdefault(name, Counter()).update(counts)
+            accepted.update(dict.fromkeys(part.accepted))
+            for answer in part.keys:
+                keys.setdefault((answer.user_id, answer.key), set()).update(answer.purchase_ids)
+            finals.update(part.finals)
+            broken.update(part.broken_rules)
+            merged.examples.extend(part.examples[: MAX_EXAMPLES - len(merged.examples)])
+            merged.buyers += part.buyers
+        merged.answers = {name: dict(counts) for name, counts in answers.items()}
+        merged.accepted = list(accepted)
+        merged.keys = [KeyAnswers(u, k, tuple(sorted(ids))) for (u, k), ids in keys.items()]
+        merged.finals = dict(finals)
+        merged.broken_rules = dict(broken)
+        return merged

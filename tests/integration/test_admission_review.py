@@ -30,6 +30,7 @@ from services.schema import PurchaseMessage, purchase_id_for
 from services.settings import Settings
 from services.stockfilter.activity import ActiveItems
 from services.stockfilter.filter import Settlement
+from services.stockfilter.idempotency import new_claim
 from services.stockfilter.keys import active_items_key, idempotency_key, stock_key, swept_key
 from services.store.items import write_item
 from services.store.lookup import PurchaseLookup
@@ -135,6 +136,27 @@ async def test_a_retry_redis_forgot_gets_its_purchase_not_sold_out(
     assert again == Admitted(first.purchase_id, replayed=True)
     with pytest.raises(SoldOut):
         await admission.purchase("someone-else", key, item_id, 1, "127.0.0.1")
+
+
+async def test_a_twin_still_admitting_on_a_sold_out_item_gets_no_202(
+    admission: Admission, core: CoreResources
+) -> None:
+    """Found by `flashsale loadtest retry-storm` (docs/loadtests.md): once the item
+    was cached as sold out, the record of a twin still mid-admission (claimed, not
+    published) was replayed as 202, and the twin then found no unit: a 202 for a
+    purchase that never happened. A claimed record now goes through admission,
+    which waits for the twin (here: takes it over, stale at once) and answers what
+    the twin would: sold out."""
+    item_id = await new_item(core, 1)
+    await set_levels(core, item_id, [0] * core.stock.shards)  # the last unit went to another
+    user, key = "twin", secrets.token_hex(4)
+    purchase_id = purchase_id_for(admission.settings.secret, user, key)
+    twin = new_claim(user, item_id, 1, core.stock.home_shard(purchase_id))
+    assert await core.idempotency.claim(purchase_id, twin) is None
+    admission.hints.mark_sold_out(item_id)
+    with pytest.raises(SoldOut):
+        await admission.purchase(user, key, item_id, 1, "127.0.0.1")
+    assert await core.idempotency.get(purchase_id) is None  # no record left to replay later
 
 
 async def apply_one(core: CoreResources, message: PurchaseMessage) -> None:

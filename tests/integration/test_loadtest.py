@@ -66,9 +66,16 @@ def stack_dir(state_root: Path) -> Iterator[Path]:
         assert stopped.returncode == 0 or "no stack file" in stopped.stderr, stopped.stderr
 
 
-def loadtest(state_dir: Path, scenario: str, duration_s: str = DURATION_S) -> dict[str, object]:
+def loadtest(
+    state_dir: Path, scenario: str, duration_s: str = DURATION_S, processes: str = "1"
+) -> dict[str, object]:
     result = run(
-        [*LOADTEST, scenario, "--users", USERS, "--duration", duration_s, "--json"], state_dir
+        [
+            *LOADTEST,
+            scenario,
+            *("--users", USERS, "--duration", duration_s, "--processes", processes, "--json"),
+        ],
+        state_dir,
     )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     summary: dict[str, object] = json.loads(result.stdout)
@@ -86,7 +93,7 @@ def test_help_names_every_scenario_and_setting(tmp_path: Path) -> None:
     result = run([*LOADTEST, "--help"], tmp_path)
     assert result.returncode == 0
     words = ("spike", "retry-storm", "multi-item", "abusive", "cancellations")
-    for word in (*words, "FLASHSALE_LOADTEST_USERS"):
+    for word in (*words, "FLASHSALE_LOADTEST_USERS", "FLASHSALE_LOADTEST_PROCESSES"):
         assert word in result.stdout
 
 
@@ -117,6 +124,29 @@ def test_scenario_keeps_every_invariant(stack_dir: Path, scenario: str) -> None:
         assert bad_input
         for counts in bad_input.values():
             assert all(label.startswith("4") or label in ("timeout", "error") for label in counts)
+
+
+def test_spike_in_two_locust_processes_keeps_every_invariant(stack_dir: Path) -> None:
+    """Locust's master and two forked workers: each worker writes its own statistics
+    and results, and the merged run is checked like one process's. Every purchase
+    answered is in both merged files (Locust's master alone misses the requests a
+    worker finishes while it stops)."""
+    summary = loadtest(stack_dir, "spike", processes="2")
+    assert summary["processes"] == 2
+    answers = summary["answers"]
+    assert isinstance(answers, dict)
+    answered = sum(answers["POST /v1/purchases"].values())
+    folder = Path(str(summary["folder"]))
+    stats = json.loads((folder / "locust.json").read_text())
+    posts = [entry for entry in stats if entry["name"] == "POST /v1/purchases"]
+    assert answered > 0 and [entry["num_requests"] for entry in posts] == [answered]
+    assert sorted(path.name for path in folder.glob("results.w*.json")) == [
+        "results.w0.json",
+        "results.w1.json",
+    ]
+    workers = [json.loads((folder / f"results.w{i}.json").read_text()) for i in (0, 1)]
+    assert all(worker["buyers"] > 0 for worker in workers)  # both workers had users
+    assert summary["buyers"] == sum(worker["buyers"] for worker in workers)
 
 
 def test_cancellations_sell_returned_units_again_and_keep_every_invariant(

@@ -7,12 +7,19 @@ from pathlib import Path
 import pytest
 
 from loadtests.filtercheck import FilterReading
-from loadtests.locust_stats import EndpointStats, merge, percentile_ms
+from loadtests.locust_stats import (
+    EndpointStats,
+    combine,
+    load_stats,
+    merge,
+    percentile_ms,
+    save_stats,
+)
 from loadtests.plans import DEFAULT_USERS, MULTI_ITEM_COUNT, plan_items
 from loadtests.runner import answer_violations
 from loadtests.scenarios import SCENARIOS, locustfile_path
 from loadtests.scenarios.params import ScenarioParams
-from loadtests.scenarios.results import KeyAnswers, ScenarioResults
+from loadtests.scenarios.results import MAX_EXAMPLES, KeyAnswers, ScenarioResults, worker_path
 from services.tokens import valid_user_id
 
 
@@ -97,3 +104,63 @@ def test_percentiles_follow_locust_histograms() -> None:
         [EndpointStats("a", "POST", 2, 0, {5: 2}), EndpointStats("b", "POST", 1, 0, {5: 1})]
     )
     assert merged == {5: 3}
+
+
+def test_workers_results_merge_into_one_run() -> None:
+    """Each Locust worker writes its own results; the check must see them as one run."""
+    one = ScenarioResults(
+        answers={"POST /v1/purchases": {"202": 2, "409": 5}, "GET poll": {"200": 2}},
+        accepted=["p_1", "p_2"],
+        keys=[KeyAnswers("u1", "k", ("p_1",)), KeyAnswers("u2", "k", ("p_2",))],
+        finals={"confirmed": 2},
+        broken_rules={"bad -> 500": 1},
+        examples=[f"one {n}" for n in range(MAX_EXAMPLES)],
+        buyers=7,
+    )
+    other = ScenarioResults(
+        answers={"POST /v1/purchases": {"202": 1, "429": 3}},
+        accepted=["p_3", "p_1"],
+        keys=[KeyAnswers("u2", "k", ("p_9",)), KeyAnswers("u3", "k", ())],
+        finals={"confirmed": 1, "rejected": 1},
+        broken_rules={"bad -> 500": 2, "poll -> 404": 1},
+        examples=["other 0"],
+        buyers=4,
+    )
+    merged = ScenarioResults.merge([one, other])
+    assert merged.answers == {
+        "POST /v1/purchases": {"202": 3, "409": 5, "429": 3},
+        "GET poll": {"200": 2},
+    }
+    assert merged.accepted == ["p_1", "p_2", "p_3"]
+    # A key answered with different ids in two workers still shows both ids.
+    assert sorted(merged.keys, key=lambda k: k.user_id) == [
+        KeyAnswers("u1", "k", ("p_1",)),
+        KeyAnswers("u2", "k", ("p_2", "p_9")),
+        KeyAnswers("u3", "k", ()),
+    ]
+    assert merged.finals == {"confirmed": 3, "rejected": 1}
+    assert merged.broken_rules == {"bad -> 500": 3, "poll -> 404": 1}
+    assert len(merged.examples) == MAX_EXAMPLES and merged.buyers == 11
+    assert ScenarioResults.merge([one]) == one
+    assert ScenarioResults.merge([]) == ScenarioResults()
+
+
+def test_workers_statistics_add_up_and_round_trip(tmp_path: Path) -> None:
+    buy, poll = "POST /v1/purchases", "GET /v1/purchases/[id]?wait"
+    combined = combine(
+        [
+            [
+                EndpointStats(buy, "POST", 3, 1, {5: 2, 40: 1}),
+                EndpointStats(poll, "GET", 1, 0, {9: 1}),
+            ],
+            [EndpointStats(buy, "POST", 2, 0, {5: 1, 700: 1})],
+        ]
+    )
+    assert combined == [
+        EndpointStats(poll, "GET", 1, 0, {9: 1}),
+        EndpointStats(buy, "POST", 5, 1, {5: 3, 40: 1, 700: 1}),
+    ]
+    path = tmp_path / "locust.json"
+    save_stats(path, combined)
+    assert load_stats(path) == combined
+    assert worker_path(path, 1) == tmp_path / "locust.w1.json"
