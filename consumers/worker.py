@@ -113,10 +113,19 @@ class LeaseListener(ConsumerRebalanceListener):  # type: ignore[misc]
         # Nothing is read from a partition until its lease is ours.
         self.worker.kafka.pause(*assigned)
         self.worker.mark_assigned(assigned)
+        started = time.monotonic()
         try:
             await self.worker.take_pending(in_rebalance=True)
         except (UnavailableError, KafkaError) as exc:
             log.warning("taking leases later: %s", exc)
+            return
+        # No heartbeat is sent while this runs: a member still here a session
+        # timeout after its SyncGroup is evicted, so the time is worth seeing.
+        log.info(
+            "leases taken in %.2fs; still pending: %s",
+            time.monotonic() - started,
+            sorted(tp.partition for tp in self.worker.pending),
+        )
 
 
 class PurchaseConsumer:

