@@ -328,6 +328,18 @@ class PurchaseConsumer:
                 )
                 judged = LogVerdict.LOST
             self.unanswered.pop(tp, None)
+            if judged is LogVerdict.LOST:
+                grant = grants[tp]
+                log.warning(
+                    "partition %d: log check failed: applied up to %d (last purchase %s),"
+                    " broker log %d..%d, record there %r",
+                    tp.partition,
+                    grant.next_offset,
+                    grant.last_purchase_id,
+                    begins[tp],
+                    ends[tp],
+                    seen.get(tp),
+                )
             if judged is LogVerdict.SAME:
                 starts[tp] = grants[tp].next_offset
             else:
