@@ -13,15 +13,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from consumers.leasing import LeaseListener, RejoinStuckError
 from consumers.metrics import ConsumerMetrics, metrics_server
 from consumers.relay import RELAY_BATCH, RELAY_IDLE_S, EventRelay, open_event_producer
-from consumers.worker import (
-    ConsumerStats,
-    LeaseListener,
-    PurchaseConsumer,
-    RejoinStuckError,
-    consumer_name,
-)
+from consumers.settle import ConsumerStats
+from consumers.worker import PurchaseConsumer, consumer_name
 from services.errors import FlashsaleError, UnavailableError
 from services.logs import setup_logging
 from services.producer import METADATA_MAX_AGE_MS, PurchaseProducer, open_producer

@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+import consumers.leasing as leasing_module
+import consumers.logcheck as logcheck_module
 import consumers.worker as worker_module
-from consumers.worker import LeaseListener, PurchaseConsumer
+from consumers.leasing import LeaseListener
+from consumers.worker import PurchaseConsumer
 from loadtests.stall import partition_of
 from services.errors import UnavailableError
 from services.producer import PurchaseProducer, open_producer
@@ -179,7 +182,7 @@ async def test_a_batch_fenced_by_another_member_stops_reading_without_a_fight(
         assert m.tp() in m.kafka.paused()
         assert await m.kafka.position(m.tp()) == first_offset
         taken = await m.lease()
-        await m.worker.take_pending()
+        await m.worker.leases.take_pending()
         assert await m.kafka.getmany(timeout_ms=300) == {}
         assert await m.lease() == taken and taken.owner == "the new owner"
         assert await item_counts(core.pool, item_id) == {}
@@ -192,10 +195,10 @@ async def test_a_stale_pending_partition_not_assigned_is_not_leased(
     longer assigns to us must not bump its epoch."""
     async with member(settings, core, partitions=2, assigned=(1,)) as m:
         before = await m.lease(0)
-        m.worker.pending.add(m.tp(0))
-        await m.worker.take_pending()
+        m.worker.leases.pending.add(m.tp(0))
+        await m.worker.leases.take_pending()
         assert await m.lease(0) == before
-        assert m.tp(0) not in m.worker.pending
+        assert m.tp(0) not in m.worker.leases.pending
 
 
 async def test_a_retried_take_after_a_pause_does_not_fence_the_new_owner(
@@ -205,22 +208,22 @@ async def test_a_retried_take_after_a_pause_does_not_fence_the_new_owner(
     timeout (its Kafka assignment still names P) and P's new owner took the lease.
     On waking, the poll loop's retry must not take it back."""
     async with member(settings, core) as m:
-        real_acquire = worker_module.acquire_lease
+        real_acquire = leasing_module.acquire_lease
 
         async def postgres_down(*args: object) -> LeaseGrant:
             raise UnavailableError("postgres unavailable (test)")
 
-        monkeypatch.setattr(worker_module, "acquire_lease", postgres_down)
+        monkeypatch.setattr(leasing_module, "acquire_lease", postgres_down)
         await m.listener.on_partitions_assigned([m.tp()])
-        monkeypatch.setattr(worker_module, "acquire_lease", real_acquire)
-        assert m.tp() in m.worker.pending
+        monkeypatch.setattr(leasing_module, "acquire_lease", real_acquire)
+        assert m.tp() in m.worker.leases.pending
         # The pause: the assignment is now a session timeout old.
-        m.worker.assigned_at[m.tp()] -= settings.session_timeout_s
+        m.worker.leases.assigned_at[m.tp()] -= settings.session_timeout_s
         taken = await acquire_lease(core.pool, m.topic, 0, "the new owner")
-        await m.worker.take_pending()
+        await m.worker.leases.take_pending()
         lease = await m.lease()
         assert (lease.epoch, lease.owner) == (taken.epoch, "the new owner")
-        assert m.tp() in m.kafka.paused() and m.tp() not in m.worker.pending
+        assert m.tp() in m.kafka.paused() and m.tp() not in m.worker.leases.pending
 
 
 async def test_a_retried_take_without_a_pause_takes_the_lease(
@@ -229,14 +232,14 @@ async def test_a_retried_take_without_a_pause_takes_the_lease(
     """The rule above must not strand a partition whose first take merely failed."""
     async with member(settings, core) as m:
         item_id = await fresh_item(core)
-        real_acquire = worker_module.acquire_lease
+        real_acquire = leasing_module.acquire_lease
 
         async def postgres_down(*args: object) -> LeaseGrant:
             raise UnavailableError("postgres unavailable (test)")
 
-        monkeypatch.setattr(worker_module, "acquire_lease", postgres_down)
+        monkeypatch.setattr(leasing_module, "acquire_lease", postgres_down)
         await m.listener.on_partitions_assigned([m.tp()])
-        monkeypatch.setattr(worker_module, "acquire_lease", real_acquire)
+        monkeypatch.setattr(leasing_module, "acquire_lease", real_acquire)
         await m.produce(item_id, range(2))
         await m.run_until(confirmed(core, item_id, 2))
         assert (await m.lease()).owner == m.worker.name
@@ -260,11 +263,11 @@ async def test_an_unanswered_log_check_waits_instead_of_replaying(
             return {}
 
         await m.listener.on_partitions_revoked([m.tp()])
-        monkeypatch.setattr(worker_module, "records_at", no_answer)
+        monkeypatch.setattr(logcheck_module, "records_at", no_answer)
         await m.listener.on_partitions_assigned([m.tp()])
         retaken = await m.lease()
         assert (retaken.log_generation, retaken.next_offset) == (applied.log_generation, 3)
-        assert m.tp() in m.worker.pending and m.tp() in m.kafka.paused()
+        assert m.tp() in m.worker.leases.pending and m.tp() in m.kafka.paused()
 
         monkeypatch.undo()  # the broker answers again
         await m.produce(item_id, range(3, 5))
@@ -292,14 +295,14 @@ async def test_a_log_that_never_answers_is_read_again_from_its_start(
             return {}
 
         await m.listener.on_partitions_revoked([m.tp()])
-        monkeypatch.setattr(worker_module, "records_at", no_answer)
+        monkeypatch.setattr(logcheck_module, "records_at", no_answer)
         await m.listener.on_partitions_assigned([m.tp()])
-        for _ in range(worker_module.LOG_CHECK_ATTEMPTS - 1):
-            assert m.tp() in m.worker.pending
-            await m.worker.take_pending()
+        for _ in range(logcheck_module.LOG_CHECK_ATTEMPTS - 1):
+            assert m.tp() in m.worker.leases.pending
+            await m.worker.leases.take_pending()
         replayed = await m.lease()
         assert replayed.log_generation == applied.log_generation + 1
-        assert m.tp() not in m.worker.pending
+        assert m.tp() not in m.worker.leases.pending
         await m.produce(item_id, range(2, 3))
         await m.run_until(confirmed(core, item_id, 3))  # the replay applies nothing twice
 
@@ -320,7 +323,7 @@ async def test_a_partition_the_broker_lacks_does_not_keep_the_others_from_being_
 
         monkeypatch.setattr(m.kafka, "end_offsets", ghost_partition_1)
         await m.listener.on_partitions_assigned([m.tp(0), m.tp(1)])
-        assert m.tp(0) not in m.worker.pending and m.tp(1) in m.worker.pending
+        assert m.tp(0) not in m.worker.leases.pending and m.tp(1) in m.worker.leases.pending
         item_id = next(i for i in (fresh_id() for _ in range(100)) if partition_of(i, 2) == 0)
         await upsert_item(core.pool, item_id, STOCK, STOCK)
         await m.produce(item_id, range(2))

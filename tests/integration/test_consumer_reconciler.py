@@ -12,7 +12,7 @@ import pytest
 
 import consumers.main as consumer_main
 from consumers.main import reconcile_forever
-from consumers.worker import ConsumerStats
+from consumers.settle import ConsumerStats
 from infra.embedded.proc import free_port
 from services.producer import PurchaseProducer
 from services.reconciler import Reconciler, ReconcileReport
