@@ -9,6 +9,16 @@ SAME, LOST, UNKNOWN = LogVerdict.SAME, LogVerdict.LOST, LogVerdict.UNKNOWN
 
 def test_an_end_below_the_stored_offset_is_a_lost_log() -> None:
     assert judge_log(10, "p9", end_offset=4, begin_offset=0, answer=None) is LOST
+    assert judge_log(10, "p9", end_offset=4, begin_offset=0, answer=RecordAt(9, "p1")) is LOST
+    assert judge_log(10, None, end_offset=4, begin_offset=0, answer=None) is LOST
+
+
+def test_an_end_below_the_stored_offset_with_our_last_record_there_is_the_same_log() -> None:
+    # The embedded broker reported 17,959 as the end of a partition applied up to
+    # 18,000 (its end offset lags after concurrent appends): the record was there.
+    assert (
+        judge_log(18000, "p", end_offset=17959, begin_offset=0, answer=RecordAt(17999, "p")) is SAME
+    )
 
 
 def test_no_answer_is_unknown_not_lost() -> None:
