@@ -6,11 +6,12 @@ of user and key) and Postgres' unique key still make a retry a no-op.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from dataclasses import dataclass, replace
 from importlib import resources
+
+import orjson
 
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, redis_errors
@@ -30,9 +31,9 @@ class IdempotencyRecord:
     ts_ms: int
     nonce: str
 
-    def encode(self) -> str:
+    def encode(self) -> bytes:
         # Compared byte for byte by unclaim.lua: the key order must never vary.
-        return json.dumps(
+        return orjson.dumps(
             {
                 "item_id": self.item_id,
                 "nonce": self.nonce,
@@ -41,13 +42,12 @@ class IdempotencyRecord:
                 "state": self.state,
                 "ts_ms": self.ts_ms,
                 "user_id": self.user_id,
-            },
-            separators=(",", ":"),
+            }
         )
 
     @classmethod
     def decode(cls, raw: str | bytes) -> IdempotencyRecord:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         return cls(**data)
 
     @property
