@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 import orjson
@@ -30,9 +30,20 @@ class IdempotencyRecord:
     shard: int
     ts_ms: int
     nonce: str
+    # The bytes in Redis (read, or written by encode): unclaim.lua compares them
+    # byte for byte, so a record another gateway wrote (another encoder, say an
+    # older version's json.dumps escaping non-ASCII) is swapped as it was read.
+    # Not copied by replace(): a changed record is encoded anew.
+    _stored: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def encode(self) -> bytes:
-        # Compared byte for byte by unclaim.lua: the key order must never vary.
+        if self._stored is None:
+            object.__setattr__(self, "_stored", self._encoded())
+        assert self._stored is not None
+        return self._stored
+
+    def _encoded(self) -> bytes:
+        # The key order must never vary (see _stored).
         return orjson.dumps(
             {
                 "item_id": self.item_id,
@@ -47,8 +58,9 @@ class IdempotencyRecord:
 
     @classmethod
     def decode(cls, raw: str | bytes) -> IdempotencyRecord:
-        data = orjson.loads(raw)
-        return cls(**data)
+        record = cls(**orjson.loads(raw))
+        object.__setattr__(record, "_stored", raw if isinstance(raw, bytes) else raw.encode())
+        return record
 
     @property
     def age_s(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -104,6 +105,23 @@ async def test_idempotency_claim_is_won_once_and_swapped_only_by_its_owner(
     assert await store.swap(pid, mine, mine.published(2))
     stored = await store.get(pid)
     assert stored is not None and stored.state == "published" and stored.shard == 2
+
+
+async def test_a_record_another_encoder_wrote_is_swapped_as_it_was_read(
+    stock: StockFilter,
+) -> None:
+    """unclaim.lua compares bytes: a takeover of a claim written by json.dumps (an
+    older gateway, non-ASCII escaped) must not depend on encoding it the same way."""
+    store = IdempotencyStore(stock.redis, ttl_s=60)
+    pid = fresh_id("p")
+    fields = {"item_id": "sku", "nonce": "n1", "quantity": 1, "shard": 0}
+    fields |= {"state": "claimed", "ts_ms": 1, "user_id": "Jos\u00e9"}
+    await stock.redis.set(idempotency_key(pid), json.dumps(fields, separators=(",", ":")))
+    stale = await store.get(pid)
+    assert stale is not None and stale.user_id == "Jos\u00e9"
+    renewed = stale.renewed()
+    assert await store.swap(pid, stale, renewed)
+    assert await store.get(pid) == renewed
 
 
 async def test_claim_and_reserve_claims_once_and_reserves_only_with_the_claim(
