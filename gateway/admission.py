@@ -1,8 +1,12 @@
 """Admission: the hot path of design.md, step by step.
 
-replay a known key -> sold-out hint -> rate limits -> item -> claim the
-idempotency record -> reserve units in a stock shard (with its reservation
-record) -> produce to Kafka -> mark the record published -> 202.
+sold-out hint -> rate limits -> item -> claim the idempotency record and
+reserve units in the claim's stock shard (with its reservation record), one Lua
+call -> other shards when that one had too few -> produce to Kafka -> mark the
+record published -> 202.
+A key seen before is answered from its record: the claim returns it, and a
+refusal before the claim looks it up first, so a replay of an admitted key
+answers 202 even when the item is sold out now or the user is rate limited.
 A crash between any two steps is repaired by a retry (same purchase id) or by
 the reconciler (it republishes reservation records Postgres does not know).
 """
@@ -25,6 +29,7 @@ from services.failpoints import failpoint
 from services.producer import PRODUCE_TIMEOUT_S, PurchaseProducer
 from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
+from services.stockfilter.admit import ClaimAndReserve, FirstTry
 from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, SHARD_MISSING, Settlement
 from services.stockfilter.idempotency import PUBLISHED, IdempotencyRecord, new_claim
 from services.store.items import Item, get_item, rfc3339
@@ -38,6 +43,9 @@ TWIN_WAIT_S = PRODUCE_TIMEOUT_S + 1.0
 TWIN_POLL_S = 0.02
 # Refusals after which Postgres is asked whether the key was admitted before.
 REFUSALS_TO_CHECK = frozenset({"sold_out", "rate_limited", "sale_ended"})
+# Refusals that a request whose twin (same user and key) is mid-admission skips:
+# it waits for the twin's outcome instead.
+TWIN_SKIPS = frozenset({"sold_out", "rate_limited"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,28 +93,44 @@ class Admission:
         self.lookup = lookup
         self._reading: dict[str, asyncio.Future[Item | None]] = {}
         self.settings = core.settings
+        self.claim_and_reserve = ClaimAndReserve(core.idempotency, core.stock)
 
     async def purchase(
         self, user_id: str, key: str, item_id: str, quantity: int, client: str
     ) -> Admitted:
         """Every step of a POST /v1/purchases after validation, in order."""
         purchase_id = purchase_id_for(self.settings.secret, user_id, key)
-        earlier = await self.core.idempotency.get(purchase_id)
-        if earlier is not None and (earlier.state == PUBLISHED or earlier.item_id != item_id):
-            return self._replay(purchase_id, earlier.item_id, earlier.quantity, item_id, quantity)
         try:
-            if earlier is None:  # a twin still mid-admission goes straight to waiting for it
+            twin = False
+            try:
                 if self.hints.is_sold_out(item_id):
                     raise self.sold_out(item_id)
                 await self._check_rate_limits(user_id, client, item_id)
-            item = await self.item(item_id)
-            _check_window(item, time.time())
-            _check_quantity(item, quantity)
+                await self._check_item(item_id, quantity)
+            except ApiError as refused:
+                # The claim below would have found an earlier record: look it up.
+                earlier = await self.core.idempotency.get(purchase_id)
+                if earlier is None:
+                    raise
+                if earlier.state == PUBLISHED or earlier.item_id != item_id:
+                    return self._replay(
+                        purchase_id, earlier.item_id, earlier.quantity, item_id, quantity
+                    )
+                if refused.code not in TWIN_SKIPS:
+                    raise
+                twin = True  # still mid-admission: wait for it below, limits or not
+            if twin:
+                await self._check_item(item_id, quantity)
             return await self._admit(purchase_id, user_id, key, item_id, quantity)
         except ApiError as refused:
             if refused.code not in REFUSALS_TO_CHECK:
                 raise
             return await self._stored_or(refused, purchase_id, user_id, item_id, quantity)
+
+    async def _check_item(self, item_id: str, quantity: int) -> None:
+        item = await self.item(item_id)
+        _check_window(item, time.time())
+        _check_quantity(item, quantity)
 
     async def _stored_or(
         self, refused: ApiError, purchase_id: str, user_id: str, item_id: str, quantity: int
@@ -167,11 +191,18 @@ class Admission:
     ) -> Admitted:
         first = self.core.stock.home_shard(purchase_id)
         claim = new_claim(user_id, item_id, quantity, first)
+        admitted_at_ms = int(time.time() * 1000)
+        message = PurchaseMessage(
+            purchase_id, user_id, key, item_id, quantity, first, admitted_at_ms
+        )
+        # Marked before the reserve, so the reconciler sees a record a crash leaves.
+        await self.core.activity.mark(item_id)
+        first_try = await self.claim_and_reserve(purchase_id, claim, message.encode())
+        earlier = first_try.earlier
+        # With an earlier record nothing was claimed or reserved: the loop decides.
+        tried = first_try if earlier is None else None
         deadline = time.monotonic() + TWIN_WAIT_S
-        while True:
-            earlier = await self.core.idempotency.claim(purchase_id, claim)
-            if earlier is None:
-                break
+        while earlier is not None:
             if earlier.state == PUBLISHED or earlier.item_id != item_id:
                 return self._replay(
                     purchase_id, earlier.item_id, earlier.quantity, item_id, quantity
@@ -187,8 +218,13 @@ class Admission:
             if time.monotonic() > deadline:
                 raise in_progress()
             await asyncio.sleep(TWIN_POLL_S)
+            earlier = await self.core.idempotency.claim(purchase_id, claim)
+        if tried is None:  # claimed after a wait: the reconciler ages records from here
+            admitted_at_ms = int(time.time() * 1000)
+        # On the first try the claim and its home shard's reserve were one call:
+        # a crash here leaves the claim, and the reservation when the shard had units.
         failpoint(self.settings.failpoint, "gateway.after_claim")
-        return await self._reserve_and_publish(purchase_id, claim, key)
+        return await self._reserve_and_publish(purchase_id, claim, key, admitted_at_ms, tried)
 
     async def _take_over(
         self, purchase_id: str, stale: IdempotencyRecord
@@ -207,10 +243,14 @@ class Admission:
         return None
 
     async def _reserve_and_publish(
-        self, purchase_id: str, claim: IdempotencyRecord, key: str
+        self,
+        purchase_id: str,
+        claim: IdempotencyRecord,
+        key: str,
+        admitted_at_ms: int,
+        tried: FirstTry | None,
     ) -> Admitted:
         item_id = claim.item_id
-        admitted_at_ms = int(time.time() * 1000)
 
         def message_for(shard: int) -> PurchaseMessage:
             return PurchaseMessage(
@@ -219,7 +259,7 @@ class Admission:
 
         # Marked before the reserve, so the reconciler sees a record a crash leaves.
         await self.core.activity.mark(item_id)
-        reserved = await self._reserve(purchase_id, claim, message_for)
+        reserved = await self._reserve(purchase_id, claim, message_for, tried)
         self.hints.mark_empty(item_id, reserved.empty_shards)
         if reserved.shard is None:
             await self._not_reserved(purchase_id, reserved)
@@ -238,9 +278,11 @@ class Admission:
         purchase_id: str,
         claim: IdempotencyRecord,
         message_for: Callable[[int], PurchaseMessage],
+        tried: FirstTry | None = None,
     ) -> Reserved:
-        """Try the claim's shard, then the others; the claim names each shard before
-        it is tried, so whoever takes this admission over looks in the right place."""
+        """Try the claim's shard (`tried`: done already, with the claim), then the
+        others; the claim names each shard before it is tried, so whoever takes this
+        admission over looks in the right place."""
         item_id, quantity = claim.item_id, claim.quantity
         empty: set[int] = set()
         missing = False
@@ -250,9 +292,12 @@ class Admission:
                 if not await self.core.idempotency.swap(purchase_id, claim, moved):
                     raise in_progress()  # taken over while we were slow: it decides now
                 claim = moved
-            code, left = await self.core.stock.reserve_at(
-                item_id, shard, purchase_id, quantity, message_for(shard).encode()
-            )
+            if tried is not None:  # the claim's own shard comes first in the order
+                code, left, tried = tried.code, tried.left, None
+            else:
+                code, left = await self.core.stock.reserve_at(
+                    item_id, shard, purchase_id, quantity, message_for(shard).encode()
+                )
             if code in (RESERVED, ALREADY_RESERVED):
                 return Reserved(shard, claim, frozenset(empty), missing)
             if code == SHARD_MISSING:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from services.errors import (
@@ -48,10 +49,24 @@ class ApiError(FlashsaleError):
         self.headers = headers or {}
 
 
+def json_answer(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """web.json_response's answer (same Content-Type), encoded by orjson: the
+    purchase path's answers, a few microseconds each cheaper than json.dumps."""
+    return web.Response(
+        body=orjson.dumps(body),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
+    )
+
+
 def error_response(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+    return json_answer({"error": code, "detail": detail}, status=status, headers=headers)
 
 
 def _from_http_exception(exc: web.HTTPException) -> web.Response:

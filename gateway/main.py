@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -21,6 +22,12 @@ from services.tracing import Tracing, tracing_from_env
 log = logging.getLogger("flashsale.gateway")
 
 BACKLOG = 4096
+# Young-generation collections every this many tracked allocations (Python's
+# default is 700): under load the cyclic collector took about a sixth of the
+# gateway's CPU (perf: gc_collect_main, visit_decref), mostly walking the
+# in-flight requests' coroutines again and again. Garbage without cycles is
+# freed by reference counting either way; cycles only wait a little longer.
+GC_YOUNG_THRESHOLD = 50_000
 SHUTDOWN_TIMEOUT_S = 5.0
 EXIT_BAD_SETTINGS = 2
 
@@ -40,6 +47,7 @@ async def serve(app: web.Application, sock: socket.socket) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     runner = GatewayRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
+    tune_gc()
     try:
         await web.SockSite(runner, sock).start()
         stop = asyncio.Event()
@@ -49,6 +57,14 @@ async def serve(app: web.Application, sock: socket.socket) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def tune_gc() -> None:
+    """Once the app is up: what startup built (modules, pools, metrics) lives as
+    long as the process, so the full collections stop walking it (gc.freeze)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _settings() -> tuple[Settings, Tracing]:

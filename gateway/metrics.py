@@ -119,16 +119,31 @@ class GatewayMetrics:
 
 
 def metrics_middleware(metrics: GatewayMetrics) -> Middleware:
+    # The labelled children, looked up once: `.labels()` builds and validates its
+    # key on every call. Routes, methods and statuses are few (unknown paths all
+    # count as "unmatched"), so these stay small.
+    counted: dict[tuple[str, str, int], Any] = {}
+    timed: dict[tuple[str, str], Any] = {}
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         response = await handler(request)
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        metrics.requests.labels(route, request.method, str(response.status)).inc()
-        if route == PURCHASES_ROUTE and request.method == "POST":
-            metrics.purchase_answers[response.status] += 1
-        metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+        method, status = request.method, response.status
+        counter = counted.get((route, method, status))
+        if counter is None:
+            counter = counted[(route, method, status)] = metrics.requests.labels(
+                route, method, str(status)
+            )
+        counter.inc()
+        if route == PURCHASES_ROUTE and method == "POST":
+            metrics.purchase_answers[status] += 1
+        latency = timed.get((route, method))
+        if latency is None:
+            latency = timed[(route, method)] = metrics.latency.labels(route, method)
+        latency.observe(time.perf_counter() - started)
         return response
 
     return middleware

@@ -11,7 +11,7 @@ from aiohttp import web
 from gateway.admission import Admitted
 from gateway.auth import require_admin, require_user, require_user_or_admin
 from gateway.dashboard import dashboard_page
-from gateway.errors import ApiError
+from gateway.errors import ApiError, json_answer
 from gateway.state import GATEWAY, Gateway
 from gateway.validation import (
     idempotency_key,
@@ -114,7 +114,7 @@ async def post_purchase(request: web.Request) -> web.Response:
     else:
         admitted = await gw.admission.purchase(user_id, key, order.item_id, order.quantity, client)
     location = f"/v1/purchases/{admitted.purchase_id}"
-    return web.json_response(
+    return json_answer(
         {"purchase_id": admitted.purchase_id, "status": PENDING},
         status=202,
         headers={"Location": location},

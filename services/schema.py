@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
+
+import orjson
 
 from services.errors import FlashsaleError
 
@@ -77,12 +78,12 @@ class PurchaseMessage:
         # Purchases keep the bytes they always had; messages without "kind" are purchases.
         if self.kind != PURCHASE:
             fields["kind"] = self.kind
-        return json.dumps(fields, separators=(",", ":")).encode()
+        return orjson.dumps(fields)
 
     @classmethod
     def decode(cls, raw: bytes) -> PurchaseMessage:
         try:
-            data = json.loads(raw)
+            data = orjson.loads(raw)
             kind = str(data.get("kind", PURCHASE))
             if kind not in KINDS:
                 raise ValueError(f"unknown kind {kind!r}")

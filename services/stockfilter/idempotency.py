@@ -6,11 +6,12 @@ of user and key) and Postgres' unique key still make a retry a no-op.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
+
+import orjson
 
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, redis_errors
@@ -29,10 +30,21 @@ class IdempotencyRecord:
     shard: int
     ts_ms: int
     nonce: str
+    # The bytes in Redis (read, or written by encode): unclaim.lua compares them
+    # byte for byte, so a record another gateway wrote (another encoder, say an
+    # older version's json.dumps escaping non-ASCII) is swapped as it was read.
+    # Not copied by replace(): a changed record is encoded anew.
+    _stored: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
-    def encode(self) -> str:
-        # Compared byte for byte by unclaim.lua: the key order must never vary.
-        return json.dumps(
+    def encode(self) -> bytes:
+        if self._stored is None:
+            object.__setattr__(self, "_stored", self._encoded())
+        assert self._stored is not None
+        return self._stored
+
+    def _encoded(self) -> bytes:
+        # The key order must never vary (see _stored).
+        return orjson.dumps(
             {
                 "item_id": self.item_id,
                 "nonce": self.nonce,
@@ -41,14 +53,14 @@ class IdempotencyRecord:
                 "state": self.state,
                 "ts_ms": self.ts_ms,
                 "user_id": self.user_id,
-            },
-            separators=(",", ":"),
+            }
         )
 
     @classmethod
     def decode(cls, raw: str | bytes) -> IdempotencyRecord:
-        data = json.loads(raw)
-        return cls(**data)
+        record = cls(**orjson.loads(raw))
+        object.__setattr__(record, "_stored", raw if isinstance(raw, bytes) else raw.encode())
+        return record
 
     @property
     def age_s(self) -> float:

@@ -439,3 +439,24 @@ async def test_postgres_down_changes_no_refusal_into_a_503(
     monkeypatch.setattr(admission.lookup, "find", unavailable)
     with pytest.raises(SoldOut):
         await admission.purchase("late", secrets.token_hex(4), item_id, 1, "127.0.0.1")
+
+
+async def test_a_key_admitted_before_is_answered_before_any_refusal_of_the_retry(
+    admission: Admission, core: CoreResources
+) -> None:
+    """The claim finds earlier records; a refusal before the claim looks the record
+    up, so it answers as the record says, not as the retry's body alone would."""
+    item_id = await new_item(core, 5)
+    user, key = "replayer", secrets.token_hex(4)
+    first = await admission.purchase(user, key, item_id, 1, "127.0.0.1")
+    assert await admission.purchase(user, key, item_id, 1, "x") == Admitted(
+        first.purchase_id, replayed=True
+    )
+    admission.hints.mark_sold_out(item_id)
+    assert await admission.purchase(user, key, item_id, 1, "x") == Admitted(
+        first.purchase_id, replayed=True
+    )
+    for other_item, quantity in ((fresh_id("nope"), 1), (item_id, 2)):
+        with pytest.raises(ApiError) as reused:
+            await admission.purchase(user, key, other_item, quantity, "x")
+        assert reused.value.code == "idempotency_key_reused"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -12,11 +13,19 @@ from redis.exceptions import ResponseError
 from infra.embedded.redis import EmbeddedRedis
 from services.schema import PurchaseMessage
 from services.stockfilter.activity import ActiveItems
+from services.stockfilter.admit import ClaimAndReserve
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import close_redis, open_redis
-from services.stockfilter.filter import Settlement, StockFilter
+from services.stockfilter.filter import (
+    ALREADY_RESERVED,
+    NOT_ENOUGH,
+    RESERVED,
+    SHARD_MISSING,
+    Settlement,
+    StockFilter,
+)
 from services.stockfilter.idempotency import IdempotencyStore, new_claim
-from services.stockfilter.keys import active_items_key, stock_key
+from services.stockfilter.keys import active_items_key, idempotency_key, stock_key
 from tests.conftest import fresh_id
 
 SHARDS = 4
@@ -96,6 +105,54 @@ async def test_idempotency_claim_is_won_once_and_swapped_only_by_its_owner(
     assert await store.swap(pid, mine, mine.published(2))
     stored = await store.get(pid)
     assert stored is not None and stored.state == "published" and stored.shard == 2
+
+
+async def test_a_record_another_encoder_wrote_is_swapped_as_it_was_read(
+    stock: StockFilter,
+) -> None:
+    """unclaim.lua compares bytes: a takeover of a claim written by json.dumps (an
+    older gateway, non-ASCII escaped) must not depend on encoding it the same way."""
+    store = IdempotencyStore(stock.redis, ttl_s=60)
+    pid = fresh_id("p")
+    fields = {"item_id": "sku", "nonce": "n1", "quantity": 1, "shard": 0}
+    fields |= {"state": "claimed", "ts_ms": 1, "user_id": "Jos\u00e9"}
+    await stock.redis.set(idempotency_key(pid), json.dumps(fields, separators=(",", ":")))
+    stale = await store.get(pid)
+    assert stale is not None and stale.user_id == "Jos\u00e9"
+    renewed = stale.renewed()
+    assert await store.swap(pid, stale, renewed)
+    assert await store.get(pid) == renewed
+
+
+async def test_claim_and_reserve_claims_once_and_reserves_only_with_the_claim(
+    stock: StockFilter,
+) -> None:
+    """One Lua call on a node, two calls on a cluster: the same answers."""
+    store = IdempotencyStore(stock.redis, ttl_s=60, pipe=stock.pipe)
+    admit = ClaimAndReserve(store, stock)
+    item_id = fresh_id()
+    await stock.set_remaining(item_id, 8)  # 2 units in each shard
+    pid = fresh_id("p")
+    mine = new_claim("alice", item_id, 2, 1)
+    first = await admit(pid, mine, message(item_id, pid, 1))
+    assert (first.earlier, first.code, first.left) == (None, RESERVED, 0)
+    assert (await stock.reservations(item_id))[1] == {pid: message(item_id, pid, 1)}
+    # A retry finds the claim and takes nothing more.
+    again = await admit(pid, new_claim("alice", item_id, 2, 1), message(item_id, pid, 1))
+    assert again.earlier == mine
+    assert await stock.shard_levels(item_id) == [2, 0, 2, 2]
+    # A new claim on a shard too poor (or already holding its record) is still a claim.
+    other = fresh_id("p")
+    poor = await admit(other, new_claim("bob", item_id, 1, 1), message(item_id, other, 1))
+    assert (poor.earlier, poor.code, poor.left) == (None, NOT_ENOUGH, 0)
+    assert await store.get(other) is not None
+    await store.redis.delete(idempotency_key(pid))  # Redis forgot the claim
+    twice = await admit(pid, mine, message(item_id, pid, 1))
+    assert (twice.earlier, twice.code) == (None, ALREADY_RESERVED)
+    await stock.redis.delete(stock_key(item_id, 3))
+    lost = fresh_id("p")
+    missing = await admit(lost, new_claim("carol", item_id, 1, 3), message(item_id, lost, 3))
+    assert (missing.earlier, missing.code) == (None, SHARD_MISSING)
 
 
 async def test_auto_pipeline_gives_each_caller_its_own_answer(redis_server: EmbeddedRedis) -> None:
