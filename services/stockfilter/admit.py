@@ -53,7 +53,8 @@ class ClaimAndReserve:
             reservation,
         ]
         async with redis_errors():
-            reply = await self.idempotency.pipe.script(self._script, keys, args)
+            # claim_reserve.lua knows its own claim and its own reservation.
+            reply = await self.idempotency.pipe.script(self._script, keys, args, idempotent=True)
         if int(reply[0]) == 0:
             return FirstTry(IdempotencyRecord.decode(reply[1]))
         return FirstTry(None, int(reply[1]), int(reply[2]))

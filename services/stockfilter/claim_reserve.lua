@@ -8,10 +8,15 @@
 -- Returns {0, existing record} when the key was claimed before (nothing is
 -- reserved then), else {1, code, units left} with reserve.lua's codes.
 local current = redis.call('GET', KEYS[1])
-if current then
+if current and current ~= ARGV[1] then
   return {0, current}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+-- Our own claim already there: this call is a resend after its reply was lost
+-- (each claim carries a nonce of its own). The reserve below then finds its
+-- reservation record and answers "already reserved": safe to run twice.
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+end
 local left = redis.call('GET', KEYS[2])
 if not left then
   return {1, -2, 0}

@@ -19,10 +19,12 @@ import pytest
 from redis.exceptions import RedisError
 
 from infra.embedded.redis import EmbeddedRedis
+from services.stockfilter.admit import ClaimAndReserve
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import close_redis, open_redis
-from services.stockfilter.filter import ALREADY_RESERVED, StockFilter
+from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, StockFilter
 from services.stockfilter.idempotency import IdempotencyStore, new_claim
+from services.stockfilter.keys import stock_key
 from tests.conftest import fresh_id
 
 
@@ -273,5 +275,25 @@ async def test_claim_and_swap_run_twice_answer_as_if_run_once(redis_server: Embe
         assert await store.swap(purchase_id, mine, published)
         assert not await store.swap(purchase_id, mine, mine.at_shard(1))
         assert await store.get(purchase_id) == published
+    finally:
+        await close_redis(client)
+
+
+async def test_claim_and_reserve_run_twice_reserve_once(redis_server: EmbeddedRedis) -> None:
+    """The one-call admission sent again after a lost reply: the second run finds
+    its own claim and its own reservation, and takes no second unit."""
+    client = open_redis(redis_server.url, cluster=False)
+    try:
+        pipe = AutoPipeline(client)
+        stock = StockFilter(client, 1, pipe)
+        admit = ClaimAndReserve(IdempotencyStore(client, 60, pipe), stock)
+        item_id, purchase_id = fresh_id("twice"), fresh_id("p")
+        await client.set(stock_key(item_id, 0), 5)
+        claim = new_claim("alice", item_id, 2, 0)
+        first = await admit(purchase_id, claim, b"reservation")
+        again = await admit(purchase_id, claim, b"reservation")
+        assert (first.earlier, first.code, first.left) == (None, RESERVED, 3)
+        assert (again.earlier, again.code, again.left) == (None, ALREADY_RESERVED, 3)
+        assert int(await client.get(stock_key(item_id, 0))) == 3  # type: ignore[arg-type]
     finally:
         await close_redis(client)
