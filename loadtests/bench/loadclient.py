@@ -71,12 +71,13 @@ async def _send_all(shard: ShardPlan, headers: list[dict[str, str]]) -> ShardRes
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         pending = iter(headers)
         result.started_at = time.time()
+        deadline = time.monotonic() + shard.run_timeout_s
         # Requests still unsent when the run's time is up count as unanswered.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(shard.run_timeout_s), asyncio.TaskGroup() as group:
                 for _ in range(min(shard.concurrency, shard.count)):
                     group.create_task(
-                        _send_each(session, shard.purchases_url, body, pending, result)
+                        _send_each(session, shard.purchases_url, body, pending, result, deadline)
                     )
         result.finished_at = time.time()
     unsent = shard.count - sum(result.statuses.values())
@@ -91,9 +92,15 @@ async def _send_each(
     body: bytes,
     pending: Iterator[dict[str, str]],
     result: ShardResult,
+    deadline: float,
 ) -> None:
-    """One connection's worth of work: take the next request until none is left."""
+    """One connection's worth of work: take the next request until none is left
+    or the run's time is up. The deadline is checked here too, not only by the
+    timeout that cancels the group: a cancellation that the HTTP client turned
+    into an error it raises would be caught below, and the run would go on."""
     for headers in pending:
+        if time.monotonic() > deadline:
+            return
         started = time.perf_counter()
         try:
             async with session.post(url, data=body, headers=headers) as response:
