@@ -13,11 +13,11 @@ import asyncio
 import functools
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, redis_errors
 from services.stockfilter.keys import active_items_key, sweeping_key, swept_key
+from services.stockfilter.scripts import register
 
 # A gateway re-marks an item it keeps selling this often...
 MARK_EVERY_S = 1.0
@@ -26,10 +26,6 @@ MARK_EVERY_S = 1.0
 QUIET_S = 30.0
 # Bound on the marks one gateway remembers, so unknown ids cannot grow it forever.
 MEMO_MAX = 200_000
-
-
-def _lua(name: str) -> str:
-    return (resources.files("services.stockfilter") / name).read_text()
 
 
 @dataclass
@@ -41,8 +37,8 @@ class ActiveItems:
     _inflight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._mark = self.redis.register_script(_lua("mark_active.lua"))
-        self._forget = self.redis.register_script(_lua("forget_quiet.lua"))
+        self._mark = register(self.redis, "mark_active.lua")
+        self._forget = register(self.redis, "forget_quiet.lua")
 
     async def mark(self, item_id: str, force: bool = False) -> None:
         """Called before a reserve: the reconciler then sees the reservation record.

@@ -9,12 +9,12 @@ there the claim and the reserve stay two calls, in the same order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 from services.stockfilter.client import redis_errors
 from services.stockfilter.filter import StockFilter
 from services.stockfilter.idempotency import IdempotencyRecord, IdempotencyStore
 from services.stockfilter.keys import idempotency_key, reservations_key, stock_key
+from services.stockfilter.scripts import register
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +32,7 @@ class ClaimAndReserve:
         self.idempotency = idempotency
         self.stock = stock
         self.one_call = idempotency.pipe.enabled  # off on a cluster: see the docstring
-        text = (resources.files("services.stockfilter") / "claim_reserve.lua").read_text()
-        self._script = idempotency.redis.register_script(text)
+        self._script = register(idempotency.redis, "claim_reserve.lua")
 
     async def __call__(
         self, purchase_id: str, claim: IdempotencyRecord, reservation: bytes

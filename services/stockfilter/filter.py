@@ -7,21 +7,17 @@ import hashlib
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, redis_errors
 from services.stockfilter.keys import reservations_key, stock_key
+from services.stockfilter.scripts import register
 
 RESERVED = 1
 NOT_ENOUGH = 0
 ALREADY_RESERVED = -1
 SHARD_MISSING = -2
-
-
-def _lua(name: str) -> str:
-    return (resources.files("services.stockfilter") / name).read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +52,11 @@ class StockFilter:
         self.redis = redis
         self.shards = shards
         self.pipe = pipe or AutoPipeline(redis)
-        self._reserve = redis.register_script(_lua("reserve.lua"))
-        self._settle = redis.register_script(_lua("settle.lua"))
-        self._snapshot = redis.register_script(_lua("snapshot.lua"))
-        self._adjust = redis.register_script(_lua("adjust.lua"))
-        self._fill = redis.register_script(_lua("fill.lua"))
+        self._reserve = register(redis, "reserve.lua")
+        self._settle = register(redis, "settle.lua")
+        self._snapshot = register(redis, "snapshot.lua")
+        self._adjust = register(redis, "adjust.lua")
+        self._fill = register(redis, "fill.lua")
 
     def home_shard(self, purchase_id: str) -> int:
         """The shard a purchase tries first: a function of its id, so a retry or a

@@ -9,13 +9,13 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field, replace
-from importlib import resources
 
 import orjson
 
 from services.stockfilter.autopipe import AutoPipeline
 from services.stockfilter.client import RedisClient, redis_errors
 from services.stockfilter.keys import idempotency_key
+from services.stockfilter.scripts import register
 
 CLAIMED = "claimed"
 PUBLISHED = "published"
@@ -90,9 +90,8 @@ class IdempotencyStore:
         self.redis = redis
         self.ttl_s = ttl_s
         self.pipe = pipe or AutoPipeline(redis)
-        folder = resources.files("services.stockfilter")
-        self._claim = redis.register_script((folder / "claim.lua").read_text())
-        self._swap = redis.register_script((folder / "unclaim.lua").read_text())
+        self._claim = register(redis, "claim.lua")
+        self._swap = register(redis, "unclaim.lua")
 
     async def claim(self, purchase_id: str, record: IdempotencyRecord) -> IdempotencyRecord | None:
         """None when `record` is now the claim; else the record already there."""
