@@ -15,16 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.admission_rules import (
+    SoldOut,
+    check_quantity,
+    check_same_request,
+    check_window,
+    in_progress,
+)
 from gateway.errors import ApiError
 from gateway.hints import ItemHints
+from gateway.itemreads import ItemReads
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import CLIENT, ITEM, USER, RateLimits
-from services.errors import ItemNotFoundError, UnavailableError
+from services.errors import UnavailableError
 from services.failpoints import failpoint
 from services.producer import PRODUCE_TIMEOUT_S, PurchaseProducer
 from services.resources import CoreResources
@@ -32,7 +39,7 @@ from services.schema import PurchaseMessage, purchase_id_for
 from services.stockfilter.admit import ClaimAndReserve, FirstTry
 from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, SHARD_MISSING, Settlement
 from services.stockfilter.idempotency import PUBLISHED, IdempotencyRecord, new_claim
-from services.store.items import Item, get_item, rfc3339
+from services.store.items import Item
 from services.store.lookup import PurchaseLookup
 
 log = logging.getLogger(__name__)
@@ -64,17 +71,6 @@ class Reserved:
     missing: bool = False
 
 
-class SoldOut(ApiError):
-    def __init__(self, item_id: str) -> None:
-        super().__init__(409, "sold_out", f"item {item_id} is sold out")
-
-
-def in_progress() -> ApiError:
-    return ApiError(
-        409, "in_progress", "the same request is still being admitted", {"Retry-After": "1"}
-    )
-
-
 class Admission:
     def __init__(
         self,
@@ -91,7 +87,7 @@ class Admission:
         self.metrics = metrics
         self.limits = limits
         self.lookup = lookup
-        self._reading: dict[str, asyncio.Future[Item | None]] = {}
+        self.items = ItemReads(core, hints)
         self.settings = core.settings
         self.claim_and_reserve = ClaimAndReserve(core.idempotency, core.stock)
 
@@ -129,8 +125,8 @@ class Admission:
 
     async def _check_item(self, item_id: str, quantity: int) -> None:
         item = await self.item(item_id)
-        _check_window(item, time.time())
-        _check_quantity(item, quantity)
+        check_window(item, time.time())
+        check_quantity(item, quantity)
 
     async def _stored_or(
         self, refused: ApiError, purchase_id: str, user_id: str, item_id: str, quantity: int
@@ -151,32 +147,7 @@ class Admission:
         return SoldOut(item_id)
 
     async def item(self, item_id: str) -> Item:
-        """From the in-process cache, unknown ids included, so a flood of bogus ids
-        costs no Postgres query each."""
-        cached = self.hints.item(item_id)
-        if cached is not None:
-            return cached
-        if not self.hints.is_missing(item_id):
-            # When the entry expires, every request in flight misses at once:
-            # they share one read instead of sending hundreds to Postgres.
-            reading = self._reading.get(item_id)
-            if reading is None:
-                reading = asyncio.ensure_future(self._read_item(item_id))
-                self._reading[item_id] = reading
-                reading.add_done_callback(lambda _: self._reading.pop(item_id, None))
-            item = await asyncio.shield(reading)
-            if item is not None:
-                return item
-        raise ApiError(404, "item_not_found", f"no item {item_id}")
-
-    async def _read_item(self, item_id: str) -> Item | None:
-        try:
-            item = await get_item(self.core.pool, item_id)
-        except ItemNotFoundError:
-            self.hints.remember_missing(item_id)
-            return None
-        self.hints.remember_item(item)
-        return item
+        return await self.items.item(item_id)
 
     async def _check_rate_limits(self, user_id: str, client: str, item_id: str) -> None:
         for kind, identity in ((USER, user_id), (CLIENT, client), (ITEM, item_id)):
@@ -207,7 +178,7 @@ class Admission:
                 return self._replay(
                     purchase_id, earlier.item_id, earlier.quantity, item_id, quantity
                 )
-            _check_same_request(earlier.item_id, earlier.quantity, item_id, quantity)
+            check_same_request(earlier.item_id, earlier.quantity, item_id, quantity)
             if earlier.age_s > self.settings.reservation_stale_s:
                 taken = await self._take_over(purchase_id, earlier)
                 if isinstance(taken, Admitted):
@@ -335,7 +306,7 @@ class Admission:
         item_id: str,
         quantity: int,
     ) -> Admitted:
-        _check_same_request(earlier_item, earlier_quantity, item_id, quantity)
+        check_same_request(earlier_item, earlier_quantity, item_id, quantity)
         self.metrics.replayed.inc()
         return Admitted(purchase_id, replayed=True)
 
@@ -354,38 +325,3 @@ class Admission:
                 await self.core.stock.settle([giveback])
             raise
         self.metrics.produce_latency.observe(time.perf_counter() - started)
-
-
-def _check_same_request(
-    earlier_item: str, earlier_quantity: int, item_id: str, quantity: int
-) -> None:
-    if (earlier_item, earlier_quantity) != (item_id, quantity):
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request body",
-        )
-
-
-def _check_quantity(item: Item, quantity: int) -> None:
-    if quantity > item.per_user_limit:
-        raise ApiError(
-            422,
-            "quantity_above_limit",
-            f"quantity may be at most {item.per_user_limit} for {item.item_id}",
-        )
-
-
-def _check_window(item: Item, now_s: float) -> None:
-    """Before the start or after the end, from the cached item: no Kafka, no Postgres."""
-    starts_at, ends_at = item.terms.starts_at, item.terms.ends_at
-    if starts_at is not None and now_s < starts_at.timestamp():
-        wait_s = max(1, math.ceil(starts_at.timestamp() - now_s))
-        raise ApiError(
-            409,
-            "not_started",
-            f"the sale of {item.item_id} starts at {rfc3339(starts_at)}",
-            {"Retry-After": str(wait_s)},
-        )
-    if ends_at is not None and now_s >= ends_at.timestamp():
-        raise ApiError(409, "sale_ended", f"the sale of {item.item_id} ended at {rfc3339(ends_at)}")

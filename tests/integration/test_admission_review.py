@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from limits import parse
 
-from gateway import admission as admission_module
+from gateway import itemreads as itemreads_module
 from gateway import routes
 from gateway.admission import Admission, Admitted, SoldOut
 from gateway.errors import ApiError
@@ -194,14 +194,14 @@ async def test_unknown_items_cost_one_lookup_and_rate_limits_come_first(
 ) -> None:
     """Finding 11: an unknown item id cost a Postgres query on every request."""
     calls = 0
-    real_get_item = admission_module.get_item
+    real_get_item = itemreads_module.get_item
 
     async def counting_get_item(pool: Any, item_id: str) -> Any:
         nonlocal calls
         calls += 1
         return await real_get_item(pool, item_id)
 
-    monkeypatch.setattr(admission_module, "get_item", counting_get_item)
+    monkeypatch.setattr(itemreads_module, "get_item", counting_get_item)
     unknown = fresh_id("nope")
     for _ in range(50):
         with pytest.raises(ApiError) as refused:
@@ -224,14 +224,14 @@ async def test_requests_missing_the_item_cache_together_share_one_read(
     read Postgres (py-spy: 4% of the gateway's CPU in an open-stock sale)."""
     item_id = await new_item(core, 10)
     calls = 0
-    real_get_item = admission_module.get_item
+    real_get_item = itemreads_module.get_item
 
     async def counting_get_item(pool: Any, wanted: str) -> Any:
         nonlocal calls
         calls += 1
         return await real_get_item(pool, wanted)
 
-    monkeypatch.setattr(admission_module, "get_item", counting_get_item)
+    monkeypatch.setattr(itemreads_module, "get_item", counting_get_item)
     items = await asyncio.gather(*(admission.item(item_id) for _ in range(100)))
     assert calls == 1
     assert {item.item_id for item in items} == {item_id}

@@ -1,0 +1,46 @@
+"""Items as admission reads them: from the in-process cache, one shared read on a miss."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.errors import ApiError
+from gateway.hints import ItemHints
+from services.errors import ItemNotFoundError
+from services.resources import CoreResources
+from services.store.items import Item, get_item
+
+
+class ItemReads:
+    def __init__(self, core: CoreResources, hints: ItemHints) -> None:
+        self.core = core
+        self.hints = hints
+        self._reading: dict[str, asyncio.Future[Item | None]] = {}
+
+    async def item(self, item_id: str) -> Item:
+        """From the in-process cache, unknown ids included, so a flood of bogus ids
+        costs no Postgres query each."""
+        cached = self.hints.item(item_id)
+        if cached is not None:
+            return cached
+        if not self.hints.is_missing(item_id):
+            # When the entry expires, every request in flight misses at once:
+            # they share one read instead of sending hundreds to Postgres.
+            reading = self._reading.get(item_id)
+            if reading is None:
+                reading = asyncio.ensure_future(self._read_item(item_id))
+                self._reading[item_id] = reading
+                reading.add_done_callback(lambda _: self._reading.pop(item_id, None))
+            item = await asyncio.shield(reading)
+            if item is not None:
+                return item
+        raise ApiError(404, "item_not_found", f"no item {item_id}")
+
+    async def _read_item(self, item_id: str) -> Item | None:
+        try:
+            item = await get_item(self.core.pool, item_id)
+        except ItemNotFoundError:
+            self.hints.remember_missing(item_id)
+            return None
+        self.hints.remember_item(item)
+        return item
