@@ -258,7 +258,7 @@ async def test_an_unanswered_log_check_waits_instead_of_replaying(
         assert applied.next_offset == 3
 
         async def no_answer(
-            bootstrap: str, wanted: dict[TopicPartition, int]
+            bootstrap: str, wanted: dict[TopicPartition, int], timeout_s: float = 0.0
         ) -> dict[TopicPartition, RecordAt]:
             return {}
 
@@ -290,7 +290,7 @@ async def test_a_log_that_never_answers_is_read_again_from_its_start(
         applied = await m.lease()
 
         async def no_answer(
-            bootstrap: str, wanted: dict[TopicPartition, int]
+            bootstrap: str, wanted: dict[TopicPartition, int], timeout_s: float = 0.0
         ) -> dict[TopicPartition, RecordAt]:
             return {}
 
