@@ -262,7 +262,9 @@ async def open_core_when_reachable(
             return await stack.enter_async_context(
                 open_core(settings, run_migrations=True, server_settings=CONSUMER_SESSION_SETTINGS)
             )
-        except UnavailableError as exc:
+        except (UnavailableError, asyncpg.InvalidCatalogNameError) as exc:
+            # A server that answers before its database exists (it is being
+            # created: the embedded one, a Postgres container's first start).
             log.warning("waiting %.1fs for Postgres: %s", backoff_s, exc)
             await _wait(stop, backoff_s)
             backoff_s = min(backoff_s * 2, RELAY_BACKOFF_MAX_S)
