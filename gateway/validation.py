@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from gateway.errors import ApiError
@@ -63,16 +64,25 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
         raise _too_large(max_bytes)
     raw = await _read_body(request, max_bytes)
     try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = _strict_loads(raw)  # the slow parser only to word the refusal
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_body", "the body must be a JSON object")
+    return body
+
+
+def _strict_loads(raw: bytes) -> Any:
+    """What orjson refused (or an integer wider than 64 bits, which it cannot hold
+    and `json` can: the range check words that refusal), with json's own message."""
+    try:
         text = raw.decode("utf-8")
-        body = json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid UTF-8 JSON: {exc}") from exc
     except RecursionError as exc:
         # A few thousand "[" fit in the size limit and nest deeper than json can parse.
         raise ApiError(400, "invalid_json", "the body nests too deeply") from exc
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid_body", "the body must be a JSON object")
-    return body
 
 
 def _integer(body: dict[str, Any], field: str, low: int, high: int = MAX_INT) -> int:
