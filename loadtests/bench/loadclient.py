@@ -25,6 +25,7 @@ from loadtests.bench.loadgen import (
     ShardPlan,
     ShardResult,
 )
+from services.taskdump import install_task_dump
 from services.tokens import issue_token
 
 
@@ -64,6 +65,7 @@ def _headers(shard: ShardPlan) -> list[dict[str, str]]:
 
 
 async def _send_all(shard: ShardPlan, headers: list[dict[str, str]]) -> ShardResult:
+    install_task_dump()
     body = json.dumps({"item_id": shard.item_id, "quantity": 1}).encode()
     result = ShardResult()
     connector = aiohttp.TCPConnector(limit=shard.concurrency)

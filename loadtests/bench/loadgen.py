@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -39,6 +41,8 @@ NO_ANSWER = 0  # status recorded for a connection error or a client timeout
 READY = b"ready\n"
 RESULT_LIMIT_BYTES = 1 << 26  # a result line carries every latency of a shard
 GO = b"go\n"
+DUMP_TIMEOUT_S = 10.0
+DUMP_WAIT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,7 @@ class LoadClients:
     aiohttp import costs a second on a busy 2-core machine)."""
 
     processes: tuple[asyncio.subprocess.Process, ...]
+    log_path: Path
 
     async def drive(self, plan: LoadPlan) -> LoadResult:
         """Send the plan's requests from up to `plan.clients` processes; merge what they saw."""
@@ -123,9 +128,13 @@ class LoadClients:
             await _expect_ready(process)
         for process in active:
             await _send_line(process, GO)
-        results = await asyncio.gather(
-            *(_result(process, plan.run_timeout_s + RESULT_GRACE_S) for process in active)
-        )
+        timeout_s = plan.run_timeout_s + RESULT_GRACE_S
+        try:
+            results = await asyncio.gather(*(_result(process, timeout_s) for process in active))
+        except BenchError:
+            for process in active:
+                await dump_stacks(process.pid, self.log_path)
+            raise
         return merge(plan.requests, results)
 
 
@@ -139,7 +148,7 @@ async def load_clients(count: int, log_path: Path) -> AsyncIterator[LoadClients]
             process = await _spawn_client(log_path)
             stack.push_async_callback(_stop, process)
             processes.append(process)
-        yield LoadClients(tuple(processes))
+        yield LoadClients(tuple(processes), log_path)
 
 
 def split(plan: LoadPlan, available: int) -> list[ShardPlan]:
@@ -187,6 +196,24 @@ async def _send_line(process: asyncio.subprocess.Process, line: bytes) -> None:
     await process.stdin.drain()
 
 
+async def dump_stacks(pid: int, log_path: Path) -> None:
+    """What a process that stopped answering is doing, appended to its log: its
+    threads (py-spy, when installed) and its asyncio tasks (SIGUSR1, see
+    services.taskdump), for a hang that does not come back on a rerun."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if py_spy.exists():
+        log = await asyncio.to_thread(log_path.open, "ab")
+        with log, contextlib.suppress(OSError):
+            dump = await asyncio.create_subprocess_exec(
+                str(py_spy), "dump", "--pid", str(pid), stdout=log, stderr=log
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(dump.wait(), DUMP_TIMEOUT_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGUSR1)
+    await asyncio.sleep(DUMP_WAIT_S)
+
+
 async def _expect_ready(process: asyncio.subprocess.Process) -> None:
     assert process.stdout is not None
     try:
@@ -202,7 +229,10 @@ async def _result(process: asyncio.subprocess.Process, timeout_s: float) -> Shar
     try:
         raw = await asyncio.wait_for(process.stdout.readline(), timeout_s)
     except TimeoutError as exc:
-        raise BenchError(f"client process {process.pid} did not report in {timeout_s}s") from exc
+        raise BenchError(
+            f"client process {process.pid} did not report in {timeout_s}s"
+            " (the clients' stacks are in bench-clients.log)"
+        ) from exc
     try:
         data = json.loads(raw)
         return ShardResult(

@@ -45,6 +45,7 @@ from loadtests.bench.report import BenchResults, SystemRun
 from loadtests.bench.servers import RunningServer, baseline_servers
 from loadtests.bench.systems import BareSystem, BaselineSystem, FlashsaleSystem, SaleSystem
 from services.store.db import open_pool
+from services.taskdump import install_task_dump
 
 FLASHSALE = "flashsale"
 REDIS_LOCK_QUEUED = "redis_lock_queued"
@@ -59,6 +60,7 @@ ONE_BY_ONE_MAX_RECORDS = 2_000
 
 async def run_bench(stack: StackAccess, config: BenchConfig, progress: Progress) -> BenchResults:
     """Start the clients and baselines, run every phase, stop them (also on error)."""
+    install_task_dump()  # kill -USR1: what a run that seems stuck is waiting for
     queries = await asyncio.to_thread(load_queries)
     async with contextlib.AsyncExitStack() as resources:
         pool = await open_pool(stack.target.database_url, POOL_SIZE)
