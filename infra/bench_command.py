@@ -24,7 +24,7 @@ from infra.failure import print_failure
 from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
 from loadtests.bench.context import LOCK_PAUSE_ROUNDS, PHASES, BenchConfig, StackAccess
-from loadtests.bench.cpu import SystemProcesses, pids
+from loadtests.bench.cpu import Parts, SystemProcesses, pids
 from loadtests.bench.report import BenchResults, machine_description, report_json
 from loadtests.bench.runner import run_bench
 from loadtests.target import Target
@@ -219,19 +219,15 @@ def _run(config: _Config, console: Console) -> BenchResults:
 
 
 def _access(stack: EmbeddedStack) -> StackAccess:
-    def processes() -> SystemProcesses:
+    def processes() -> Parts:
         # Read at each measurement: the rebalance phase changes the consumers.
-        return SystemProcesses(
-            single=pids(
-                [
-                    *stack.gateway_pids,
-                    *stack.consumer_pids.values(),
-                    *stack.redis.pids,
-                    stack.broker.pid,
-                ]
-            ),
-            forking=pids([stack.postgres.pid()]),
-        )
+        return {
+            "gateway": SystemProcesses(single=pids(stack.gateway_pids)),
+            "consumers": SystemProcesses(single=pids(stack.consumer_pids.values())),
+            "redis": SystemProcesses(single=pids(stack.redis.pids)),
+            "broker": SystemProcesses(single=pids([stack.broker.pid])),
+            "postgres": SystemProcesses(forking=pids([stack.postgres.pid()])),
+        }
 
     return StackAccess(
         target=Target.of(stack.stack_file()),

@@ -80,8 +80,19 @@ def _phases_table(report: dict[str, Any]) -> Table:
         ("apply batched, one partition alone", apply.get("one_partition_per_s")),
         ("lock_under_pause redis_lock oversold", pause["redis_lock_oversold"]),
         ("lock_under_pause flashsale oversold", pause["flashsale_oversold"]),
+        *_cpu_rows(report),
         *((f"ratio {name}", ratio) for name, ratio in report["ratios"].items()),
     ]
     for label, value in rows:
         table.add_row(label, _cell(value))
     return table
+
+
+def _cpu_rows(report: dict[str, Any]) -> list[tuple[str, object]]:
+    """CPU microseconds per sold unit, open stock: each system, then its parts."""
+    by_part = report.get("cpu_us_per_purchase_by_part", {})
+    rows: list[tuple[str, object]] = []
+    for system, total in report.get("cpu_us_per_purchase", {}).items():
+        parts = ", ".join(f"{part} {us}" for part, us in by_part.get(system, {}).items())
+        rows.append((f"cpu us/purchase {system}", f"{total} ({parts})" if parts else total))
+    return rows

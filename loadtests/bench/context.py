@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
-from loadtests.bench.cpu import CpuMeter, SystemProcesses
+from loadtests.bench.cpu import CpuMeter, Parts, SystemProcesses
 from loadtests.bench.loadgen import LoadClients, LoadPlan, LoadResult
 from loadtests.bench.report import ADMITTED, SystemRun
 from loadtests.bench.systems import SaleSystem
@@ -35,9 +35,9 @@ class StackAccess:
     and what the bench measures and changes in it."""
 
     target: Target
-    # Every process of the stack now (for cpu_us_per_purchase); the Redis and
-    # Postgres the baselines share with it; and how to scale its consumers.
-    processes: Callable[[], SystemProcesses] | None = None
+    # Every process of the stack now, by part (for cpu_us_per_purchase); the
+    # Redis and Postgres the baselines share with it; and how to scale its consumers.
+    processes: Callable[[], Parts] | None = None
     shared: SystemProcesses | None = None
     scale: Callable[[int], None] | None = None
     consumers: int = 2  # restored after the rebalance phase (the locks phase follows)
@@ -88,22 +88,22 @@ class Bench:
         stock: int,
         requests: int,
         warm_up: bool = True,
-        processes: SystemProcesses | None = None,
+        processes: Parts | None = None,
     ) -> SystemRun:
         """A fresh item, `requests` buyers at once, then what Postgres says; with
-        `processes`, the CPU they spent from the first request to the last commit."""
+        `processes`, the CPU each part spent from the first request to the last commit."""
         run = secrets.token_hex(3)
         if warm_up:
             await self._warm_up(system, run)
         item_id = f"bench-{run}"
         await system.create_item(item_id, stock)
-        meter = None if processes is None else CpuMeter({system.name: processes})
+        meter = None if processes is None else CpuMeter(processes)
         if meter is not None:
             meter.start()
         load = await self.drive(self.plan(system, item_id, f"b-{run}", requests))
         await system.settle(item_id, load.count(ADMITTED), self.config.settle_timeout_s)
-        cpu_s = None if meter is None else meter.stop()[system.name]
-        return SystemRun(load, await system.tally(item_id), cpu_s)
+        parts = None if meter is None else meter.stop()
+        return SystemRun(load, await system.tally(item_id), parts)
 
     async def _warm_up(self, system: SaleSystem, run: str) -> None:
         """Open the servers' pools and connections on an item of its own."""

@@ -81,6 +81,10 @@ class CpuMeter:
         return {name: max(0.0, p.cpu_s() - self._started[name]) for name, p in self.systems.items()}
 
 
+# A system's processes by the part they play (gateway, redis, postgres, ...).
+Parts = dict[str, SystemProcesses]
+
+
 def per_unit_us(cpu_s: float, units: int) -> float | None:
     return None if units <= 0 else round(cpu_s * 1e6 / units, 1)
 

@@ -28,7 +28,12 @@ class SystemRun:
 
     load: LoadResult
     tally: Tally | None
-    cpu_s: float | None = None  # of every process of the system, while it ran
+    # CPU seconds of the system's processes while it ran, by part (gateway, redis...)
+    cpu_parts_s: dict[str, float] | None = None
+
+    @property
+    def cpu_s(self) -> float | None:
+        return None if self.cpu_parts_s is None else sum(self.cpu_parts_s.values())
 
     @property
     def sellout_s(self) -> float | None:
@@ -78,6 +83,7 @@ def report_json(results: BenchResults, machine: str) -> dict[str, Any]:
         report["open_stock"] = _open_stock_json(results.open_stock, results.open_stock_row)
     if results.open_stock is not None:
         report["cpu_us_per_purchase"] = _cpu_json(results)
+        report["cpu_us_per_purchase_by_part"] = _cpu_parts_json(results)
     if results.apply is not None:
         report["apply"] = _apply_json(results.apply)
     if results.rebalance is not None:
@@ -136,15 +142,30 @@ def _open_stock_json(run: SystemRun, row: SystemRun) -> dict[str, Any]:
     return figures
 
 
-def _cpu_json(results: BenchResults) -> dict[str, float | None]:
-    """CPU microseconds of all of a system's processes per unit it sold, open stock."""
-    runs = {
+def _cpu_runs(results: BenchResults) -> dict[str, SystemRun | None]:
+    return {
         "flashsale": results.open_stock,
         "postgres_row": results.open_stock_row,
         "redis_lock": results.open_stock_lock,
     }
+
+
+def _cpu_parts_json(results: BenchResults) -> dict[str, dict[str, float | None]]:
+    """The same per part of each system: where the microseconds go."""
+    figures: dict[str, dict[str, float | None]] = {}
+    for name, run in _cpu_runs(results).items():
+        if run is not None and run.cpu_parts_s is not None and run.tally is not None:
+            confirmed = run.tally.confirmed
+            figures[name] = {
+                part: per_unit_us(cpu_s, confirmed) for part, cpu_s in run.cpu_parts_s.items()
+            }
+    return figures
+
+
+def _cpu_json(results: BenchResults) -> dict[str, float | None]:
+    """CPU microseconds of all of a system's processes per unit it sold, open stock."""
     figures: dict[str, float | None] = {}
-    for name, run in runs.items():
+    for name, run in _cpu_runs(results).items():
         if run is None or run.cpu_s is None or run.tally is None:
             figures[name] = None
         else:

@@ -30,7 +30,7 @@ from loadtests.bench.context import (
     Progress,
     StackAccess,
 )
-from loadtests.bench.cpu import SystemProcesses
+from loadtests.bench.cpu import Parts, SystemProcesses
 from loadtests.bench.loadgen import load_clients
 from loadtests.bench.locks.phase import DesignFigures, LocksOptions, run_locks
 from loadtests.bench.pause import (
@@ -105,28 +105,33 @@ def _systems(
 
 def _meters(
     stack: StackAccess, servers: dict[str, RunningServer]
-) -> dict[str, Callable[[], SystemProcesses]]:
-    """The processes whose CPU each system spends: its server, and the Redis and
-    Postgres it uses (flashsale: every process of the stack)."""
-    meters: dict[str, Callable[[], SystemProcesses]] = {}
+) -> dict[str, Callable[[], Parts]]:
+    """The processes whose CPU each system spends, by part: its server, and the
+    Redis and Postgres it uses (flashsale: every process of the stack)."""
+    meters: dict[str, Callable[[], Parts]] = {}
     if stack.processes is not None:
         meters[FLASHSALE] = stack.processes
     shared = stack.shared
     if shared is not None:
         for name, uses_redis in ((POSTGRES_ROW, False), (REDIS_LOCK, True)):
-            single = (*servers[name].pids, *(shared.single if uses_redis else ()))
-            meters[name] = _fixed(SystemProcesses(single=single, forking=shared.forking))
+            parts = {
+                "server": SystemProcesses(single=servers[name].pids),
+                "postgres": SystemProcesses(forking=shared.forking),
+            }
+            if uses_redis:
+                parts["redis"] = SystemProcesses(single=shared.single)
+            meters[name] = _fixed(parts)
     return meters
 
 
-def _fixed(processes: SystemProcesses) -> Callable[[], SystemProcesses]:
-    return lambda: processes
+def _fixed(parts: Parts) -> Callable[[], Parts]:
+    return lambda: parts
 
 
 async def _phases(
     bench: Bench,
     systems: dict[str, SaleSystem],
-    meters: dict[str, Callable[[], SystemProcesses]],
+    meters: dict[str, Callable[[], Parts]],
     progress: Progress,
 ) -> BenchResults:
     config = bench.config
@@ -210,14 +215,14 @@ async def _lock_under_pause(bench: Bench, system: SaleSystem) -> SystemRun:
 async def _open_stock(
     bench: Bench,
     systems: dict[str, SaleSystem],
-    meters: dict[str, Callable[[], SystemProcesses]],
+    meters: dict[str, Callable[[], Parts]],
     progress: Progress,
 ) -> tuple[SystemRun, SystemRun, SystemRun]:
     """Every request sells a unit: flashsale, postgres_row, and (fewer requests:
     it sells one at a time) redis_lock, each with the CPU its processes spent."""
     requests = bench.config.requests
 
-    def meter(name: str) -> SystemProcesses | None:
+    def meter(name: str) -> Parts | None:
         return meters[name]() if name in meters else None
 
     progress(f"open_stock: {requests} buyers for {requests} units")

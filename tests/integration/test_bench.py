@@ -103,3 +103,16 @@ def test_a_stalled_consumer_cannot_oversell(report: dict[str, Any]) -> None:
     assert pause["flashsale_oversold"] == 0
     assert pause["flashsale_confirmed"] <= pause["stock"]
     assert isinstance(pause["redis_lock_oversold"], int)
+
+
+@pytest.mark.timeout(240)
+def test_cpu_per_purchase_is_split_by_part_and_adds_up(report: dict[str, Any]) -> None:
+    by_part = report["cpu_us_per_purchase_by_part"]
+    assert set(by_part["flashsale"]) == {"gateway", "consumers", "redis", "broker", "postgres"}
+    assert set(by_part["postgres_row"]) == {"server", "postgres"}
+    assert set(by_part["redis_lock"]) == {"server", "redis", "postgres"}
+    for system, parts in by_part.items():
+        total = report["cpu_us_per_purchase"][system]
+        assert total is not None and total > 0, system
+        # Each part is rounded to 0.1 us on its own.
+        assert sum(parts.values()) == pytest.approx(total, abs=0.1 * len(parts)), system
