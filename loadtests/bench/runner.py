@@ -112,8 +112,13 @@ def _meters(
     if stack.processes is not None:
         meters[FLASHSALE] = stack.processes
     shared = stack.shared
+    meters[BARE_HTTP] = _fixed({"server": SystemProcesses(single=servers[BARE_HTTP].pids)})
     if shared is not None:
-        for name, uses_redis in ((POSTGRES_ROW, False), (REDIS_LOCK, True)):
+        for name, uses_redis in (
+            (POSTGRES_ROW, False),
+            (REDIS_LOCK, True),
+            (REDIS_LOCK_QUEUED, True),
+        ):
             parts = {
                 "server": SystemProcesses(single=servers[name].pids),
                 "postgres": SystemProcesses(forking=shared.forking),
@@ -140,7 +145,10 @@ async def _phases(
         runs: dict[str, SystemRun] = {}
         for name in (BARE_HTTP, POSTGRES_ROW, REDIS_LOCK, REDIS_LOCK_QUEUED, FLASHSALE):
             progress(f"{name}: {config.requests} buyers for {config.stock} units")
-            runs[name] = await bench.sale(systems[name], config.stock, config.requests)
+            meter = meters[name]() if name in meters else None
+            runs[name] = await bench.sale(
+                systems[name], config.stock, config.requests, processes=meter
+            )
         progress("lock_under_pause: lock holders and consumers stalled past their lease")
         lock_paused = await _lock_under_pause(bench, systems[REDIS_LOCK_PAUSED])
         flashsale_paused = await flashsale_under_pause(bench.pool, bench.secret)

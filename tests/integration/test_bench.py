@@ -116,3 +116,16 @@ def test_cpu_per_purchase_is_split_by_part_and_adds_up(report: dict[str, Any]) -
         assert total is not None and total > 0, system
         # Each part is rounded to 0.1 us on its own.
         assert sum(parts.values()) == pytest.approx(total, abs=0.1 * len(parts)), system
+
+
+@pytest.mark.timeout(240)
+def test_the_spike_says_what_an_answer_costs_each_system(report: dict[str, Any]) -> None:
+    systems = report["systems"]
+    for name in ("flashsale", "postgres_row", "redis_lock", "redis_lock_queued", "bare_http"):
+        figures = systems[name]
+        assert figures["cpu_us_per_answer"] > 0, name
+        parts = figures["cpu_us_per_answer_by_part"]
+        assert sum(parts.values()) == pytest.approx(
+            figures["cpu_us_per_answer"], abs=0.1 * len(parts)
+        ), name
+    assert set(systems["bare_http"]["cpu_us_per_answer_by_part"]) == {"server"}
