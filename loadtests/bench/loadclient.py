@@ -1,7 +1,8 @@
 """One client process of the bench's load generator (loadtests.bench.loadgen spawns it).
 
 Per run: one shard plan (a JSON line) on stdin; it signs its tokens, answers
-`ready`, waits for `go`, sends its requests, then answers its result (a JSON line).
+`ready`, waits for `go`, sends its requests, then writes its result (JSON) to the
+file the plan names (loadgen's docstring says why not to stdout).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import uvloop
@@ -45,8 +48,9 @@ def main() -> None:
             "latencies_s": result.latencies_s,
             "statuses": {str(status): n for status, n in result.statuses.items()},
         }
-        sys.stdout.buffer.write(json.dumps(report).encode() + b"\n")
-        sys.stdout.buffer.flush()
+        partial = Path(f"{shard.result_path}.partial")
+        partial.write_bytes(json.dumps(report).encode())
+        os.replace(partial, shard.result_path)  # whole, or not there at all
 
 
 def _headers(shard: ShardPlan) -> list[dict[str, str]]:

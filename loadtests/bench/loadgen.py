@@ -7,7 +7,12 @@ each one signs its tokens, says `ready`, and waits for the parent's `go`. The
 run's window is from the earliest start to the latest finish (wall clock).
 
 Each client process runs loadtests.bench.loadclient: per run, one shard plan
-(a JSON line) on stdin, then `go`; it answers `ready`, then its result (a JSON line).
+(a JSON line) on stdin, then `go`; it answers `ready`, and writes its result to
+the file the plan names. Not on its stdout: twice in a morning a result line of
+~0.5 MB that a client had written in full (its socket empty, the client back at
+its loop's top) never came out of the parent's `readline` (uvloop's subprocess
+pipes), and the bench waited its 660 s for it. A file the parent polls has no
+such failure.
 
 Not Locust (which drives `flashsale loadtest`'s scenarios): the bench must send
 every system exactly the same burst, one request per buyer, started together in
@@ -25,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -41,6 +47,7 @@ NO_ANSWER = 0  # status recorded for a connection error or a client timeout
 READY = b"ready\n"
 RESULT_LIMIT_BYTES = 1 << 26  # a result line carries every latency of a shard
 GO = b"go\n"
+RESULT_POLL_S = 0.05
 DUMP_TIMEOUT_S = 10.0
 DUMP_WAIT_S = 1.0
 
@@ -71,6 +78,7 @@ class ShardPlan:
     count: int
     concurrency: int
     run_timeout_s: float
+    result_path: str  # written whole (a rename) when the run is over
 
 
 @dataclass(slots=True)
@@ -120,7 +128,8 @@ class LoadClients:
 
     async def drive(self, plan: LoadPlan) -> LoadResult:
         """Send the plan's requests from up to `plan.clients` processes; merge what they saw."""
-        shards = split(plan, len(self.processes))
+        shards = split(plan, len(self.processes), self.log_path.parent / "results")
+        await asyncio.to_thread(_clear, [Path(shard.result_path) for shard in shards])
         active = self.processes[: len(shards)]
         for process, shard in zip(active, shards, strict=True):
             await _send_line(process, json.dumps(asdict(shard)).encode() + b"\n")
@@ -130,7 +139,12 @@ class LoadClients:
             await _send_line(process, GO)
         timeout_s = plan.run_timeout_s + RESULT_GRACE_S
         try:
-            results = await asyncio.gather(*(_result(process, timeout_s) for process in active))
+            results = await asyncio.gather(
+                *(
+                    _result(process, Path(shard.result_path), timeout_s)
+                    for process, shard in zip(active, shards, strict=True)
+                )
+            )
         except BenchError:
             for process in active:
                 await dump_stacks(process.pid, self.log_path)
@@ -151,7 +165,7 @@ async def load_clients(count: int, log_path: Path) -> AsyncIterator[LoadClients]
         yield LoadClients(tuple(processes), log_path)
 
 
-def split(plan: LoadPlan, available: int) -> list[ShardPlan]:
+def split(plan: LoadPlan, available: int, results_dir: Path) -> list[ShardPlan]:
     clients = max(1, min(plan.clients, available, plan.requests, plan.concurrency))
     shards = []
     first = 0
@@ -168,6 +182,7 @@ def split(plan: LoadPlan, available: int) -> list[ShardPlan]:
                 count,
                 concurrency,
                 plan.run_timeout_s,
+                str(results_dir / f"{plan.buyer_prefix}-{index}.json"),
             )
         )
         first += count
@@ -224,15 +239,25 @@ async def _expect_ready(process: asyncio.subprocess.Process) -> None:
         raise BenchError(f"client process {process.pid} failed (see bench-clients.log)")
 
 
-async def _result(process: asyncio.subprocess.Process, timeout_s: float) -> ShardResult:
-    assert process.stdout is not None
-    try:
-        raw = await asyncio.wait_for(process.stdout.readline(), timeout_s)
-    except TimeoutError as exc:
-        raise BenchError(
-            f"client process {process.pid} did not report in {timeout_s}s"
-            " (the clients' stacks are in bench-clients.log)"
-        ) from exc
+def _clear(paths: list[Path]) -> None:
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+
+
+async def _result(process: asyncio.subprocess.Process, path: Path, timeout_s: float) -> ShardResult:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(path.exists):
+        if process.returncode is not None:
+            raise BenchError(f"client process {process.pid} exited (see bench-clients.log)")
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"client process {process.pid} did not report in {timeout_s}s"
+                " (the clients' stacks are in bench-clients.log)"
+            )
+        await asyncio.sleep(RESULT_POLL_S)
+    raw = await asyncio.to_thread(path.read_bytes)
+    await asyncio.to_thread(path.unlink, missing_ok=True)
     try:
         data = json.loads(raw)
         return ShardResult(
