@@ -11,6 +11,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from services.errors import UnavailableError
+from services.producebatch import ProduceBatcher
 from services.schema import PurchaseMessage
 from services.settings import Settings
 from services.tracing import NO_TRACING, Tracing
@@ -47,11 +48,16 @@ class RememberingPartitioner:
 
 class PurchaseProducer:
     def __init__(
-        self, producer: AIOKafkaProducer, topic: str, tracing: Tracing = NO_TRACING
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        tracing: Tracing = NO_TRACING,
+        batcher: ProduceBatcher | None = None,
     ) -> None:
         self._producer = producer
         self.topic = topic
         self.tracing = tracing
+        self.batcher = batcher
 
     async def publish(self, message: PurchaseMessage) -> tuple[int, int]:
         """Send and wait for the broker's ack: (partition, offset). UnavailableError on failure.
@@ -61,6 +67,11 @@ class PurchaseProducer:
         """
         if self.tracing.enabled:
             return await self._traced_publish(message)
+        if self.batcher is not None:
+            key = message.item_id.encode()
+            partition = self.batcher.partition_of(key)
+            if partition is not None:
+                return await self.batcher.publish(partition, key, message.encode())
         return await self._publish(message, None)
 
     async def _traced_publish(self, message: PurchaseMessage) -> tuple[int, int]:
@@ -107,7 +118,11 @@ class PurchaseProducer:
 
 @contextlib.asynccontextmanager
 async def started_producer(
-    settings: Settings, linger_ms: int, request_timeout_ms: int, client_id: str
+    settings: Settings,
+    linger_ms: int,
+    request_timeout_ms: int,
+    client_id: str,
+    partitioner: RememberingPartitioner | None = None,
 ) -> AsyncIterator[AIOKafkaProducer]:
     """A started Kafka producer, stopped at the block's end; UnavailableError if it cannot start."""
     producer = AIOKafkaProducer(
@@ -117,7 +132,7 @@ async def started_producer(
         # (Postgres on the idempotency key, event readers on event_id).
         enable_idempotence=False,
         linger_ms=linger_ms,
-        partitioner=RememberingPartitioner(),
+        partitioner=partitioner or RememberingPartitioner(),
         metadata_max_age_ms=METADATA_MAX_AGE_MS,
         request_timeout_ms=request_timeout_ms,
         client_id=client_id,
@@ -139,5 +154,12 @@ async def open_producer(
 ) -> AsyncIterator[PurchaseProducer]:
     client_id = f"flashsale-{settings.consumer_name or 'gateway'}"
     timeout_ms = int(PRODUCE_TIMEOUT_S * 1000)
-    async with started_producer(settings, LINGER_MS, timeout_ms, client_id) as producer:
-        yield PurchaseProducer(producer, settings.topic, tracing)
+    partitioner = RememberingPartitioner()
+    async with started_producer(
+        settings, LINGER_MS, timeout_ms, client_id, partitioner
+    ) as producer:
+        batcher = ProduceBatcher(producer, partitioner, settings.topic, PRODUCE_TIMEOUT_S)
+        try:
+            yield PurchaseProducer(producer, settings.topic, tracing, batcher)
+        finally:
+            await batcher.close()
