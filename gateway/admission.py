@@ -1,6 +1,7 @@
 """Admission: the hot path of design.md, step by step.
 
-sold-out hint -> rate limits -> item -> claim the idempotency record and
+sold-out hint (renewed by one shared read when it expired: gateway/soldout.py)
+-> rate limits -> item -> claim the idempotency record and
 reserve units in the claim's stock shard (with its reservation record), one Lua
 call -> other shards when that one had too few -> produce to Kafka -> mark the
 record published -> 202.
@@ -31,6 +32,7 @@ from gateway.hints import ItemHints
 from gateway.itemreads import ItemReads
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import CLIENT, ITEM, USER, RateLimits
+from gateway.soldout import SoldOutHint
 from services.errors import UnavailableError
 from services.failpoints import failpoint
 from services.producer import PRODUCE_TIMEOUT_S, PurchaseProducer
@@ -90,6 +92,7 @@ class Admission:
         self.items = ItemReads(core, hints)
         self.settings = core.settings
         self.claim_and_reserve = ClaimAndReserve(core.idempotency, core.stock)
+        self.sold_out_hint = SoldOutHint(hints, core.stock)
 
     async def purchase(
         self, user_id: str, key: str, item_id: str, quantity: int, client: str
@@ -99,7 +102,7 @@ class Admission:
         try:
             twin = False
             try:
-                if self.hints.is_sold_out(item_id):
+                if await self.sold_out_hint.sold_out(item_id):
                     raise self.sold_out(item_id)
                 await self._check_rate_limits(user_id, client, item_id)
                 await self._check_item(item_id, quantity)
@@ -143,7 +146,7 @@ class Admission:
         return self._replay(purchase_id, stored.item_id, stored.quantity, item_id, quantity)
 
     def sold_out(self, item_id: str) -> SoldOut:
-        self.metrics.sold_out.labels("true").inc()
+        self.metrics.sold_out_cached.inc()
         return SoldOut(item_id)
 
     async def item(self, item_id: str) -> Item:
@@ -286,7 +289,7 @@ class Admission:
             raise UnavailableError(f"stock filter of {item_id} is being rebuilt")
         if len(self.hints.empty_shards(item_id)) >= self.core.stock.shards:
             self.hints.mark_sold_out(item_id)  # every shard is empty, not just short
-        self.metrics.sold_out.labels("false").inc()
+        self.metrics.sold_out_found.inc()
         raise SoldOut(item_id)
 
     async def _mark_published(self, purchase_id: str, claim: IdempotencyRecord, shard: int) -> None:

@@ -70,6 +70,13 @@ class ItemHints:
     def mark_sold_out(self, item_id: str) -> None:
         self._sold_out[item_id] = time.monotonic() + self.sold_out_ttl_s
 
+    def was_sold_out(self, item_id: str) -> bool:
+        """Sold out until a moment ago: the hint expired, nothing cleared it."""
+        return item_id in self._sold_out
+
+    def forget_sold_out(self, item_id: str) -> None:
+        self._sold_out.pop(item_id, None)
+
     def empty_shards(self, item_id: str) -> set[int]:
         entry = self._empty_shards.get(item_id)
         if entry is None or entry[1] < time.monotonic():

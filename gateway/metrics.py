@@ -95,9 +95,10 @@ class GatewayMetrics:
             registry=r,
         )
 
-        # Present from the start, so a dashboard shows zero rather than no data.
-        for cached in ("true", "false"):
-            self.sold_out.labels(cached)
+        # Present from the start, so a dashboard shows zero rather than no data;
+        # kept, as `.labels()` costs a key build on every sold-out answer.
+        self.sold_out_cached = self.sold_out.labels("true")
+        self.sold_out_found = self.sold_out.labels("false")
         for limit in RATE_LIMIT_KINDS:
             self.rate_limited.labels(limit)
 

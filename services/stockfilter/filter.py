@@ -172,12 +172,12 @@ class StockFilter:
         return int(done) == 1
 
     async def shard_levels(self, item_id: str) -> list[int | None]:
-        levels: list[int | None] = []
+        """Units left per shard (None: the shard is missing), read side by side."""
         async with redis_errors():
-            for shard in range(self.shards):
-                raw = await self.redis.get(stock_key(item_id, shard))
-                levels.append(None if raw is None else int(raw))
-        return levels
+            raws = await asyncio.gather(
+                *(self.pipe.get(stock_key(item_id, shard)) for shard in range(self.shards))
+            )
+        return [None if raw is None else int(raw) for raw in raws]
 
     async def reservations(self, item_id: str) -> dict[int, dict[str, bytes]]:
         """Reservation records per shard: purchase id -> message bytes."""
