@@ -11,7 +11,6 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from services.errors import UnavailableError
-from services.producebatch import ProduceBatcher
 from services.schema import PurchaseMessage
 from services.settings import Settings
 from services.tracing import NO_TRACING, Tracing
@@ -48,16 +47,11 @@ class RememberingPartitioner:
 
 class PurchaseProducer:
     def __init__(
-        self,
-        producer: AIOKafkaProducer,
-        topic: str,
-        tracing: Tracing = NO_TRACING,
-        batcher: ProduceBatcher | None = None,
+        self, producer: AIOKafkaProducer, topic: str, tracing: Tracing = NO_TRACING
     ) -> None:
         self._producer = producer
         self.topic = topic
         self.tracing = tracing
-        self.batcher = batcher
 
     async def publish(self, message: PurchaseMessage) -> tuple[int, int]:
         """Send and wait for the broker's ack: (partition, offset). UnavailableError on failure.
@@ -67,11 +61,6 @@ class PurchaseProducer:
         """
         if self.tracing.enabled:
             return await self._traced_publish(message)
-        if self.batcher is not None:
-            key = message.item_id.encode()
-            partition = self.batcher.partition_of(key)
-            if partition is not None:
-                return await self.batcher.publish(partition, key, message.encode())
         return await self._publish(message, None)
 
     async def _traced_publish(self, message: PurchaseMessage) -> tuple[int, int]:
@@ -118,11 +107,7 @@ class PurchaseProducer:
 
 @contextlib.asynccontextmanager
 async def started_producer(
-    settings: Settings,
-    linger_ms: int,
-    request_timeout_ms: int,
-    client_id: str,
-    partitioner: RememberingPartitioner | None = None,
+    settings: Settings, linger_ms: int, request_timeout_ms: int, client_id: str
 ) -> AsyncIterator[AIOKafkaProducer]:
     """A started Kafka producer, stopped at the block's end; UnavailableError if it cannot start."""
     producer = AIOKafkaProducer(
@@ -132,7 +117,7 @@ async def started_producer(
         # (Postgres on the idempotency key, event readers on event_id).
         enable_idempotence=False,
         linger_ms=linger_ms,
-        partitioner=partitioner or RememberingPartitioner(),
+        partitioner=RememberingPartitioner(),
         metadata_max_age_ms=METADATA_MAX_AGE_MS,
         request_timeout_ms=request_timeout_ms,
         client_id=client_id,
@@ -154,12 +139,5 @@ async def open_producer(
 ) -> AsyncIterator[PurchaseProducer]:
     client_id = f"flashsale-{settings.consumer_name or 'gateway'}"
     timeout_ms = int(PRODUCE_TIMEOUT_S * 1000)
-    partitioner = RememberingPartitioner()
-    async with started_producer(
-        settings, LINGER_MS, timeout_ms, client_id, partitioner
-    ) as producer:
-        batcher = ProduceBatcher(producer, partitioner, settings.topic, PRODUCE_TIMEOUT_S)
-        try:
-            yield PurchaseProducer(producer, settings.topic, tracing, batcher)
-        finally:
-            await batcher.close()
+    async with started_producer(settings, LINGER_MS, timeout_ms, client_id) as producer:
+        yield PurchaseProducer(producer, settings.topic, tracing)
