@@ -39,7 +39,11 @@ async def open_core(
     server_settings: dict[str, str] | None = None,
 ) -> AsyncIterator[CoreResources]:
     async with contextlib.AsyncExitStack() as stack:
-        pool = await open_pool(settings.database_url, settings.db_pool_size, server_settings)
+        # Every query of the services is one statement or one transaction:
+        # nothing outlives its use of a connection (a test checks the SQL).
+        pool = await open_pool(
+            settings.database_url, settings.db_pool_size, server_settings, stateless=True
+        )
         stack.push_async_callback(pool.close)
         if run_migrations:
             async with database_errors(), pool.acquire() as conn:
