@@ -45,7 +45,6 @@ READY_TIMEOUT_S = 60.0
 RESULT_GRACE_S = REQUEST_TIMEOUT_S + 30.0
 NO_ANSWER = 0  # status recorded for a connection error or a client timeout
 READY = b"ready\n"
-RESULT_LIMIT_BYTES = 1 << 26  # a result line carries every latency of a shard
 GO = b"go\n"
 RESULT_POLL_S = 0.05
 DUMP_TIMEOUT_S = 10.0
@@ -199,7 +198,6 @@ async def _spawn_client(log_path: Path) -> asyncio.subprocess.Process:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-            limit=RESULT_LIMIT_BYTES,
             # Its own session: a Ctrl-C reaches only us, and we stop it here.
             start_new_session=True,
         )

@@ -109,9 +109,9 @@ def _system_json(run: SystemRun) -> dict[str, Any]:
         figures["oversold"] = run.tally.oversold
     figures["answered"] = load.answered
     figures["elapsed_s"] = round(load.elapsed_s, 3)
-    if run.cpu_parts_s is not None and load.answered:
+    if run.cpu_s is not None and run.cpu_parts_s is not None and load.answered:
         # Mostly sold-out answers: what one costs, and in which process.
-        figures["cpu_us_per_answer"] = per_unit_us(sum(run.cpu_parts_s.values()), load.answered)
+        figures["cpu_us_per_answer"] = per_unit_us(run.cpu_s, load.answered)
         figures["cpu_us_per_answer_by_part"] = {
             part: per_unit_us(cpu_s, load.answered) for part, cpu_s in run.cpu_parts_s.items()
         }
