@@ -42,7 +42,11 @@ class SoldOutHint:
             levels = await self.stock.shard_levels(item_id)
         except UnavailableError:
             levels = [None]  # unknown: the full admission decides (and answers)
-        if all(level is not None and level <= 0 for level in levels):
+        # A returned-units message or an admin write may have cleared the hint
+        # while the levels were on their way (they may predate the units): then
+        # the read proves nothing, and the full admission decides.
+        cleared = not self.hints.was_sold_out(item_id)
+        if not cleared and all(level is not None and level <= 0 for level in levels):
             self.hints.mark_sold_out(item_id)
             return True
         self.hints.forget_sold_out(item_id)

@@ -69,3 +69,22 @@ async def test_no_hint_no_read(core: CoreResources) -> None:
     hints = ItemHints(item_ttl_s=1.0, sold_out_ttl_s=60.0)
     assert not await SoldOutHint(hints, stock).sold_out(fresh_id())
     assert stock.reads == 0
+
+
+async def test_a_clear_during_the_read_is_not_undone(core: CoreResources) -> None:
+    """Units returned (the hint cleared by the returned-units message) while the
+    shared read was on its way: its levels may predate them, so no renewal."""
+    item_id = fresh_id()
+    hints = ItemHints(item_ttl_s=1.0, sold_out_ttl_s=60.0)
+
+    class ClearedWhileReading(StockFilter):
+        async def shard_levels(self, item_id: str) -> list[int | None]:
+            levels = await super().shard_levels(item_id)
+            hints.forget(item_id)  # the message arrives before the reply is used
+            return levels
+
+    stock = ClearedWhileReading(core.redis, core.settings.stock_shards, core.pipe)
+    await stock.set_remaining(item_id, 0)
+    _expired(hints, item_id)
+    assert not await SoldOutHint(hints, stock).sold_out(item_id)
+    assert not hints.is_sold_out(item_id)
