@@ -27,7 +27,6 @@ from loadtests.bench.context import LOCK_PAUSE_ROUNDS, PHASES, BenchConfig, Stac
 from loadtests.bench.cpu import Parts, SystemProcesses, pids
 from loadtests.bench.report import BenchResults, machine_description, report_json
 from loadtests.bench.runner import run_bench
-from loadtests.target import Target
 from services.errors import FlashsaleError
 from services.settings import Settings
 
@@ -230,7 +229,7 @@ def _access(stack: EmbeddedStack) -> StackAccess:
         }
 
     return StackAccess(
-        target=Target.of(stack.stack_file()),
+        target=stack.stack_file().target(),
         processes=processes,
         scale=stack.scale_to,
         consumers=len(stack.consumer_pids),
