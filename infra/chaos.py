@@ -131,7 +131,10 @@ async def _sale(
     workload = asyncio.create_task(run_workload(target, writer, config, started))
     with console.status(f"creating {options.items} items"):
         await _until_started(workload, started)
-    console.print(f"sale on: {options.items} items, {options.duration_s:g}s of buying")
+    console.print(
+        f"sale on: {options.items} items, {options.duration_s:g}s of buying"
+        " (Postgres with fsync off: the faults kill processes, never the machine)"
+    )
 
     async def heal() -> None:
         await _heal(stack, writer, console)
