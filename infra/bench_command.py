@@ -265,6 +265,7 @@ def _access(stack: EmbeddedStack) -> StackAccess:
         processes=processes,
         scale=stack.scale_to,
         consumers=len(stack.consumer_pids),
+        pgbench=stack.postgres.bin_dir / "pgbench",
         shared=SystemProcesses(single=pids(stack.redis.pids), forking=pids(postgres)),
     )
 

@@ -66,6 +66,7 @@ class BaselineConfig:
     pause_ms: int = 0
     local_queue: bool = False
     processes: int = 1  # server processes sharing the listening socket
+    pool_size: int = POOL_SIZE  # Postgres connections of each process
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,7 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     async with contextlib.AsyncExitStack() as stack:
         if config.mode in (POSTGRES_ROW, REDIS_LOCK):
-            pool = await open_pool(config.database_url, POOL_SIZE)
+            pool = await open_pool(config.database_url, config.pool_size)
             stack.push_async_callback(pool.close)
             app[POOL] = pool
         if config.mode == REDIS_LOCK:
@@ -239,6 +240,7 @@ def server_arguments(config: BaselineConfig) -> list[str]:
         f"--redis-url={config.redis_url}",
         f"--lock-ttl-ms={config.lock_ttl_ms}",
         f"--pause-ms={config.pause_ms}",
+        f"--pool-size={config.pool_size}",
         *(["--local-queue"] if config.local_queue else []),
     ]
 
@@ -253,6 +255,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[BaselineConfig, int]
     parser.add_argument("--lock-ttl-ms", type=int, default=LOCK_TTL_MS)
     parser.add_argument("--pause-ms", type=int, default=0)
     parser.add_argument("--local-queue", action="store_true")
+    parser.add_argument("--pool-size", type=int, default=POOL_SIZE)
     args = parser.parse_args(argv)
     config = BaselineConfig(
         mode=args.mode,
@@ -262,6 +265,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[BaselineConfig, int]
         lock_ttl_ms=args.lock_ttl_ms,
         pause_ms=args.pause_ms,
         local_queue=args.local_queue,
+        pool_size=args.pool_size,
     )
     return config, int(args.fd)
 

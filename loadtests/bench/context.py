@@ -41,6 +41,8 @@ class StackAccess:
     shared: SystemProcesses | None = None
     scale: Callable[[int], None] | None = None
     consumers: int = 2  # restored after the rebalance phase (the locks phase follows)
+    # The stack's Postgres' pgbench (open stock's pgbench_row ceiling); None: not measured.
+    pgbench: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from loadtests.bench.loadgen import LoadResult
 from loadtests.bench.locks.figures import DesignFigures
 from loadtests.bench.locks.report import locks_json
 from loadtests.bench.pause import PAUSE_LOCK_TTL_MS, PAUSE_MS, ZombieFigures
+from loadtests.bench.pgbench import PgbenchFigures
 from loadtests.bench.rebalance import RebalanceFigures
 from loadtests.bench.runs import ADMITTED, SystemRun
 
@@ -37,6 +38,9 @@ class BenchResults:
     flashsale_paused: ZombieFigures | None = None
     apply: ApplyFigures | None = None
     locks: dict[str, DesignFigures] | None = None
+    # postgres_row's open stock by pool size, and pgbench's ceiling of the same row
+    open_stock_row_by_pool: dict[int, SystemRun] = field(default_factory=dict)
+    pgbench_row: PgbenchFigures | None = None
 
 
 def report_json(results: BenchResults, machine: str) -> dict[str, Any]:
@@ -58,6 +62,7 @@ def report_json(results: BenchResults, machine: str) -> dict[str, Any]:
         report["lock_under_pause"] = _pause_json(results.lock_paused, results.flashsale_paused)
     if results.open_stock is not None and results.open_stock_row is not None:
         report["open_stock"] = _open_stock_json(results.open_stock, results.open_stock_row)
+        report["open_stock"].update(_row_best_json(results))
     if results.open_stock is not None:
         report["cpu_us_per_purchase"] = _cpu_json(results)
         report["cpu_us_per_purchase_by_part"] = _cpu_parts_json(results)
@@ -122,6 +127,33 @@ def _open_stock_json(run: SystemRun, row: SystemRun) -> dict[str, Any]:
             # Admission to the last commit in Postgres: the consumers' end-to-end pace.
             span_s = tally.last_sale_at - load.started_at
             figures["confirmed_per_s"] = round(tally.confirmed / max(span_s, 1e-9), 1)
+    return figures
+
+
+def _sold_per_s(run: SystemRun) -> float:
+    sold = 0 if run.tally is None else run.tally.confirmed
+    return round(sold / max(run.load.elapsed_s, 1e-9), 1)
+
+
+def _row_best_json(results: BenchResults) -> dict[str, Any]:
+    """The hot row at its best pool size, and with no HTTP at all (pgbench)."""
+    figures: dict[str, Any] = {}
+    by_pool = {
+        size: _sold_per_s(run) for size, run in sorted(results.open_stock_row_by_pool.items())
+    }
+    if by_pool:
+        best = max(by_pool, key=lambda size: by_pool[size])
+        figures["postgres_row_by_pool"] = {str(size): rate for size, rate in by_pool.items()}
+        figures["postgres_row_best_pool"] = best
+        figures["postgres_row_best_sold_per_s"] = by_pool[best]
+    pgbench = results.pgbench_row
+    if pgbench is not None:
+        figures["pgbench_row"] = {
+            "best_tps": pgbench.best_tps,
+            "best_clients": pgbench.best_clients,
+            "tps_by_clients": {str(c): tps for c, tps in pgbench.tps_by_clients.items()},
+            "seconds": pgbench.seconds,
+        }
     return figures
 
 
@@ -205,7 +237,21 @@ def _ratios(
             float(open_stock["admitted_per_s"]), float(open_stock["postgres_row_sold_per_s"])
         ),
         "apply_batching": _ratio(float(apply["batched_per_s"]), float(apply["one_by_one_per_s"])),
+        **_ceiling_ratios(open_stock),
     }
+
+
+def _ceiling_ratios(open_stock: dict[str, Any]) -> dict[str, float | None]:
+    """Open stock against the hot row at its best pool size and against pgbench."""
+    admitted = float(open_stock["admitted_per_s"])
+    ratios: dict[str, float | None] = {}
+    if "postgres_row_best_sold_per_s" in open_stock:
+        best = float(open_stock["postgres_row_best_sold_per_s"])
+        ratios["open_stock_vs_postgres_row_best"] = _ratio(admitted, best)
+    pgbench = open_stock.get("pgbench_row")
+    if pgbench and pgbench.get("best_tps"):
+        ratios["open_stock_vs_pgbench_row"] = _ratio(admitted, float(pgbench["best_tps"]))
+    return ratios
 
 
 def machine_description() -> str:

@@ -34,6 +34,7 @@ from loadtests.bench.cpu import Parts, SystemProcesses
 from loadtests.bench.loadgen import load_clients
 from loadtests.bench.locks.figures import DesignFigures
 from loadtests.bench.locks.phase import LocksOptions, run_locks
+from loadtests.bench.openstock import ROW_SWEEP_POOLS, row_sweep_names, run_open_stock
 from loadtests.bench.pause import (
     PAUSE_LOCK_TTL_MS,
     PAUSE_MS,
@@ -54,8 +55,6 @@ REDIS_LOCK_QUEUED = "redis_lock_queued"
 REDIS_LOCK_PAUSED = "redis_lock_paused"
 
 POOL_SIZE = 10
-# redis_lock sells one unit at a time: its open-stock run is shorter.
-OPEN_STOCK_LOCK_MAX_REQUESTS = 2_000
 APPLY_MAX_RECORDS = 40_000
 ONE_BY_ONE_MAX_RECORDS = 2_000
 
@@ -77,7 +76,11 @@ async def run_bench(stack: StackAccess, config: BenchConfig, progress: Progress)
         )
         bench = Bench(clients, config, stack.target.secret, pool)
         results = await _phases(
-            bench, _systems(stack, servers, pool, queries), _meters(stack, servers), progress
+            bench,
+            _systems(stack, servers, pool, queries),
+            _meters(stack, servers),
+            progress,
+            stack,
         )
         if REBALANCE in config.phases and stack.scale is not None:
             results = replace(results, rebalance=await _rebalance(bench, stack, progress))
@@ -100,6 +103,10 @@ def _systems(
         BaselineSystem(REDIS_LOCK, servers[REDIS_LOCK].url, pool, queries, True),
         BaselineSystem(REDIS_LOCK_QUEUED, servers[REDIS_LOCK_QUEUED].url, pool, queries, True),
         BaselineSystem(REDIS_LOCK_PAUSED, servers[REDIS_LOCK_PAUSED].url, pool, queries, True),
+        *(
+            BaselineSystem(name, servers[name].url, pool, queries, False)
+            for name in row_sweep_names()
+        ),
         FlashsaleSystem(stack.target, pool, queries),
     ]
     return {system.name: system for system in systems}
@@ -120,6 +127,7 @@ def _meters(
             (POSTGRES_ROW, False),
             (REDIS_LOCK, True),
             (REDIS_LOCK_QUEUED, True),
+            *((sweep, False) for sweep in row_sweep_names()),
         ):
             parts = {
                 "server": SystemProcesses(single=servers[name].pids),
@@ -140,6 +148,7 @@ async def _phases(
     systems: dict[str, SaleSystem],
     meters: dict[str, Callable[[], Parts]],
     progress: Progress,
+    stack: StackAccess,
 ) -> BenchResults:
     config = bench.config
     results = BenchResults(config.requests, config.stock, config.concurrency, config.clients)
@@ -158,8 +167,17 @@ async def _phases(
             results, systems=runs, lock_paused=lock_paused, flashsale_paused=flashsale_paused
         )
     if OPEN_STOCK in config.phases:
-        flashsale, row, lock = await _open_stock(bench, systems, meters, progress)
-        results = replace(results, open_stock=flashsale, open_stock_row=row, open_stock_lock=lock)
+        opened = await run_open_stock(
+            bench, systems, meters, progress, stack.pgbench, stack.target.database_url
+        )
+        results = replace(
+            results,
+            open_stock=opened.flashsale,
+            open_stock_row=opened.row,
+            open_stock_lock=opened.lock,
+            open_stock_row_by_pool=opened.row_by_pool,
+            pgbench_row=opened.pgbench_row,
+        )
     if APPLY in config.phases:
         progress("apply: batched vs one purchase per transaction")
         apply = await measure_apply(
@@ -209,6 +227,10 @@ def _baselines(stack: StackAccess, processes: int) -> dict[str, BaselineConfig]:
             pause_ms=PAUSE_MS,
             processes=1,
         ),
+        **{
+            name: replace(common, mode=POSTGRES_ROW, pool_size=size, processes=1)
+            for size, name in zip(ROW_SWEEP_POOLS, row_sweep_names(), strict=True)
+        },
     }
 
 
@@ -220,31 +242,6 @@ async def _lock_under_pause(bench: Bench, system: SaleSystem) -> SystemRun:
     plan = bench.plan(system, item_id, f"p-{run}", PAUSE_REQUESTS)
     load = await bench.drive(replace(plan, concurrency=PAUSE_REQUESTS, clients=1))
     return SystemRun(load, await system.tally(item_id))
-
-
-async def _open_stock(
-    bench: Bench,
-    systems: dict[str, SaleSystem],
-    meters: dict[str, Callable[[], Parts]],
-    progress: Progress,
-) -> tuple[SystemRun, SystemRun, SystemRun]:
-    """Every request sells a unit: flashsale, postgres_row, and (fewer requests:
-    it sells one at a time) redis_lock, each with the CPU its processes spent."""
-    requests = bench.config.requests
-
-    def meter(name: str) -> Parts | None:
-        return meters[name]() if name in meters else None
-
-    progress(f"open_stock: {requests} buyers for {requests} units")
-    flashsale = await bench.sale(systems[FLASHSALE], requests, requests, False, meter(FLASHSALE))
-    progress("open_stock: the same on postgres_row, the hot-row ceiling of design.md")
-    row = await bench.sale(systems[POSTGRES_ROW], requests, requests, False, meter(POSTGRES_ROW))
-    lock_requests = min(requests, OPEN_STOCK_LOCK_MAX_REQUESTS)
-    progress(f"open_stock: {lock_requests} buyers on redis_lock, for its CPU per unit")
-    lock = await bench.sale(
-        systems[REDIS_LOCK], lock_requests, lock_requests, False, meter(REDIS_LOCK)
-    )
-    return flashsale, row, lock
 
 
 async def _rebalance(bench: Bench, stack: StackAccess, progress: Progress) -> RebalanceFigures:

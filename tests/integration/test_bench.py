@@ -92,6 +92,24 @@ def test_json_has_every_key_of_the_api(report: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(240)
+def test_open_stock_measures_the_hot_row_at_its_best_and_its_ceiling(
+    report: dict[str, Any],
+) -> None:
+    open_stock = report["open_stock"]
+    by_pool = open_stock["postgres_row_by_pool"]
+    assert set(by_pool) == {"4", "10", "32", "64"}
+    assert all(rate > 0 for rate in by_pool.values())
+    assert open_stock["postgres_row_best_sold_per_s"] == max(by_pool.values())
+    assert str(open_stock["postgres_row_best_pool"]) in by_pool
+    pgbench = open_stock["pgbench_row"]
+    assert set(pgbench["tps_by_clients"]) == {"1", "8", "32", "64"}
+    assert pgbench["best_tps"] == max(pgbench["tps_by_clients"].values()) > 0
+    ratios = report["ratios"]
+    assert ratios["open_stock_vs_postgres_row_best"] > 0
+    assert ratios["open_stock_vs_pgbench_row"] > 0
+
+
+@pytest.mark.timeout(240)
 def test_flashsale_sells_its_stock_exactly(report: dict[str, Any]) -> None:
     flashsale = report["systems"]["flashsale"]
     assert flashsale["oversold"] == 0
