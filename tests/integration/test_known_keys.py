@@ -1,0 +1,133 @@
+"""A key that was admitted is never refused later, and one key names one purchase
+across items (issue 23, item 3).
+
+"Redis forgot the key" is the idempotency record deleted: what a TTL, an
+eviction or a restart leaves. The HTTP tests run against the live stack (a real
+gateway and consumers); the apply race and the reconciler run in-process against
+the session's real Postgres and Redis, so the race can be held at its worst point.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import aiohttp
+
+from services.resources import CoreResources
+from services.stockfilter.keys import idempotency_key
+from tests.conftest import fresh_id
+from tests.integration.conftest import LiveStack
+
+Answer = tuple[int, dict[str, object]]
+
+
+async def put_item(
+    http: aiohttp.ClientSession, live: LiveStack, item_id: str, **fields: object
+) -> None:
+    body = {"stock": 5, "per_user_limit": 1, **fields}
+    url = f"{live.url}/v1/items/{item_id}"
+    async with http.put(url, json=body, headers=live.admin_headers) as response:
+        assert response.status in (200, 201), await response.text()
+
+
+async def buy(
+    http: aiohttp.ClientSession, live: LiveStack, user: str, key: str, item_id: str, qty: int = 1
+) -> Answer:
+    async with http.post(
+        f"{live.url}/v1/purchases",
+        json={"item_id": item_id, "quantity": qty},
+        headers=live.user_headers(user, key),
+    ) as response:
+        return response.status, await response.json()
+
+
+async def final(
+    http: aiohttp.ClientSession, live: LiveStack, user: str, purchase_id: object
+) -> dict[str, object]:
+    url = f"{live.url}/v1/purchases/{purchase_id}?wait=30"
+    async with http.get(url, headers=live.user_headers(user)) as response:
+        assert response.status == 200
+        body: dict[str, object] = await response.json()
+    assert body["status"] != "pending"
+    return body
+
+
+async def bought_then_forgotten(
+    http: aiohttp.ClientSession,
+    live: LiveStack,
+    core: CoreResources,
+    item_id: str,
+    qty: int = 1,
+) -> tuple[str, str, str]:
+    """A confirmed purchase whose idempotency record Redis then lost: (user, key, id)."""
+    user, key = fresh_id("user"), secrets.token_hex(8)
+    status, body = await buy(http, live, user, key, item_id, qty)
+    assert status == 202, body
+    assert (await final(http, live, user, body["purchase_id"]))["status"] == "confirmed"
+    assert await core.redis.delete(idempotency_key(str(body["purchase_id"]))) == 1
+    return user, key, str(body["purchase_id"])
+
+
+async def test_a_known_key_is_replayed_after_the_limit_was_lowered(
+    live: LiveStack, http: aiohttp.ClientSession, core: CoreResources
+) -> None:
+    """Was 422 quantity_above_limit: only sold_out, rate_limited and sale_ended
+    refusals asked Postgres whether the key was admitted before."""
+    item_id = fresh_id()
+    await put_item(http, live, item_id, per_user_limit=2)
+    user, key, purchase_id = await bought_then_forgotten(http, live, core, item_id, qty=2)
+    await put_item(http, live, item_id, per_user_limit=1)
+    assert await buy(http, live, user, key, item_id, 2) == (
+        202,
+        {"purchase_id": purchase_id, "status": "pending"},
+    )
+    status, body = await buy(http, live, fresh_id("user"), key, item_id, 2)
+    assert (status, body["error"]) == (422, "quantity_above_limit")  # others are still refused
+
+
+async def test_a_known_key_is_replayed_after_the_sale_window_moved(
+    live: LiveStack, http: aiohttp.ClientSession, core: CoreResources
+) -> None:
+    """Was 409 not_started: the window moved to the future after the purchase."""
+    item_id = fresh_id()
+    await put_item(http, live, item_id)
+    user, key, purchase_id = await bought_then_forgotten(http, live, core, item_id)
+    await put_item(http, live, item_id, starts_at="2099-01-01T00:00:00Z")
+    assert await buy(http, live, user, key, item_id) == (
+        202,
+        {"purchase_id": purchase_id, "status": "pending"},
+    )
+
+
+async def test_a_known_key_sent_for_an_unknown_item_is_a_reused_key(
+    live: LiveStack, http: aiohttp.ClientSession, core: CoreResources
+) -> None:
+    """Was 404 item_not_found once Redis forgot the key; with the record it is 422
+    idempotency_key_reused, and now it is that either way."""
+    item_id = fresh_id()
+    await put_item(http, live, item_id)
+    user, key, _ = await bought_then_forgotten(http, live, core, item_id)
+    status, body = await buy(http, live, user, key, fresh_id("nothing"))
+    assert (status, body["error"]) == (422, "idempotency_key_reused")
+
+
+async def settled_units(core: CoreResources, item_id: str) -> int | None:
+    """The item's filter units once it holds no reservation record; else None."""
+    shards = await core.stock.snapshot(item_id)
+    if any(shard.records for shard in shards):
+        return None
+    return sum(shard.units or 0 for shard in shards)
+
+
+async def test_a_key_reused_for_another_item_is_refused_while_redis_holds_it(
+    live: LiveStack, http: aiohttp.ClientSession, core: CoreResources
+) -> None:
+    first_item, second_item = fresh_id(), fresh_id()
+    await put_item(http, live, first_item)
+    await put_item(http, live, second_item)
+    user, key = fresh_id("user"), secrets.token_hex(8)
+    status, _ = await buy(http, live, user, key, first_item)
+    assert status == 202
+    status, body = await buy(http, live, user, key, second_item)
+    assert (status, body["error"]) == (422, "idempotency_key_reused")
+    assert await settled_units(core, second_item) == 5
