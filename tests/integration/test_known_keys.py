@@ -13,9 +13,16 @@ import secrets
 
 import aiohttp
 
+from services.reconciler import Reconciler, apply_item_write, read_views
 from services.resources import CoreResources
-from services.stockfilter.keys import idempotency_key
-from tests.conftest import fresh_id
+from services.schema import PurchaseMessage, purchase_id_for
+from services.stockfilter.filter import RESERVED
+from services.stockfilter.keys import idempotency_key, stock_key
+from services.store.batch import Lease, apply_batch
+from services.store.decide import Record
+from services.store.items import write_item
+from services.store.leases import acquire_lease, ensure_leases
+from tests.conftest import fresh_id, wait_for
 from tests.integration.conftest import LiveStack
 
 Answer = tuple[int, dict[str, object]]
@@ -131,3 +138,82 @@ async def test_a_key_reused_for_another_item_is_refused_while_redis_holds_it(
     status, body = await buy(http, live, user, key, second_item)
     assert (status, body["error"]) == (422, "idempotency_key_reused")
     assert await settled_units(core, second_item) == 5
+
+
+async def test_a_key_reused_for_another_item_after_redis_forgot_is_one_purchase(
+    live: LiveStack, http: aiohttp.ClientSession, core: CoreResources
+) -> None:
+    """The copy for the second item is admitted (nothing tells the gateway the key
+    is taken without a Postgres read on every admission); its consumer finds the
+    purchase decided and gives its unit back. The first request's retries used to
+    get 422 idempotency_key_reused from the record the copy left in Redis."""
+    first_item, second_item = fresh_id(), fresh_id()
+    await put_item(http, live, first_item)
+    await put_item(http, live, second_item)
+    user, key, purchase_id = await bought_then_forgotten(http, live, core, first_item)
+    status, body = await buy(http, live, user, key, second_item)
+    assert (status, body["purchase_id"]) == (202, purchase_id)
+    assert await wait_for(lambda: settled_units(core, second_item)) == 5
+    purchase = await final(http, live, user, purchase_id)
+    assert (purchase["item_id"], purchase["status"]) == (first_item, "confirmed")
+    rows = await core.pool.fetch(
+        "SELECT item_id FROM purchases WHERE user_id = $1 AND idempotency_key = $2", user, key
+    )
+    assert [row["item_id"] for row in rows] == [first_item]
+    sold = await core.pool.fetchval("SELECT sold FROM items WHERE item_id = $1", second_item)
+    assert sold == 0
+    # The request Postgres holds is still the same request: same id, no new unit.
+    assert await buy(http, live, user, key, first_item) == (
+        202,
+        {"purchase_id": purchase_id, "status": "pending"},
+    )
+    assert await settled_units(core, first_item) == 4
+
+
+async def new_item(core: CoreResources, stock: int, levels: list[int] | None = None) -> str:
+    """An item in Postgres and in the filter; `levels`: its shards' units, set by hand."""
+    item_id = fresh_id()
+    await apply_item_write(core, await write_item(core.pool, item_id, stock, 1))
+    for shard, units in enumerate(levels or []):
+        await core.redis.set(stock_key(item_id, shard), units)
+    return item_id
+
+
+async def reserved(core: CoreResources, message: PurchaseMessage, offset: int = 0) -> Record:
+    """The message's unit taken in the filter, as its admission took it; its record."""
+    code, _ = await core.stock.reserve_at(
+        message.item_id, message.shard, message.purchase_id, message.quantity, message.encode()
+    )
+    assert code == RESERVED
+    return Record(offset, message)
+
+
+async def fresh_leases(core: CoreResources, partitions: int) -> list[Lease]:
+    """Leases on a topic of their own: nothing the live consumers read."""
+    topic = f"known-keys-{secrets.token_hex(3)}"
+    await ensure_leases(core.pool, topic, partitions)
+    grants = [await acquire_lease(core.pool, topic, p, "test") for p in range(partitions)]
+    return [Lease(topic, p, grant.epoch, "test") for p, grant in enumerate(grants)]
+
+
+async def test_the_reconciler_gives_back_the_unit_of_a_copy_for_another_item(
+    core: CoreResources,
+) -> None:
+    """A reservation record for item B of a purchase Postgres holds for item A (the
+    key reused after Redis forgot it), settled by the reconciler (the consumer's own
+    settle failed, or the reconciler's pass came between commit and settle): it
+    used to be dropped as confirmed, its unit never given back to B's filter."""
+    first_item = await new_item(core, 1)
+    second_item = await new_item(core, 1, levels=[1] + [0] * (core.stock.shards - 1))
+    user, key = "reconciled", secrets.token_hex(8)
+    purchase_id = purchase_id_for(core.settings.secret, user, key)
+    (lease,) = await fresh_leases(core, 1)
+    first = Record(0, PurchaseMessage(purchase_id, user, key, first_item, 1, 0, 0))
+    async with core.pool.acquire() as conn:
+        await apply_batch(conn, lease, [first])
+    await reserved(core, PurchaseMessage(purchase_id, user, key, second_item, 1, 0, 0))
+    reconciler = Reconciler(core, publish=None, stale_s=core.settings.reservation_stale_s)
+    (view,) = await read_views(core, [second_item])
+    assert view.drift == 0  # the copy's unit is in flight, not lost
+    assert (await reconciler.reconcile(view)).settled == 1
+    assert await settled_units(core, second_item) == 1
