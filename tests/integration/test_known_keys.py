@@ -9,16 +9,19 @@ the session's real Postgres and Redis, so the race can be held at its worst poin
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import aiohttp
+import asyncpg
 
+from consumers.settle import settle_reservations
 from services.reconciler import Reconciler, apply_item_write, read_views
 from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
 from services.stockfilter.filter import RESERVED
 from services.stockfilter.keys import idempotency_key, stock_key
-from services.store.batch import Lease, apply_batch
+from services.store.batch import BatchResult, Lease, apply_batch
 from services.store.decide import Record
 from services.store.items import write_item
 from services.store.leases import acquire_lease, ensure_leases
@@ -196,6 +199,59 @@ async def fresh_leases(core: CoreResources, partitions: int) -> list[Lease]:
     return [Lease(topic, p, grant.epoch, "test") for p, grant in enumerate(grants)]
 
 
+async def waiting_on_a_lock(core: CoreResources, conn: asyncpg.Connection) -> bool:
+    pid = conn.get_server_pid()
+    event = await core.pool.fetchval(
+        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
+    )
+    return bool(event == "Lock")
+
+
+async def test_two_items_deciding_one_key_side_by_side_keep_one_purchase_and_every_unit(
+    core: CoreResources,
+) -> None:
+    """The copies of one purchase for two items are in two partitions, decided by two
+    consumers at once. Both read no row for the key, both confirm; the second insert
+    waits on the first's row and is skipped. The loser was still counted confirmed:
+    its consumer settled its reservation without giving the unit back (a unit lost
+    to the filter), and the unit it held in the batch's reckoning refused the same
+    user's next purchase of that item (per_user_limit) although they hold none."""
+    secret = core.settings.secret
+    first_item = await new_item(core, 1)
+    second_item = await new_item(core, 2, levels=[2] + [0] * (core.stock.shards - 1))
+    user, key, later_key = "twice", secrets.token_hex(8), secrets.token_hex(8)
+    purchase_id = purchase_id_for(secret, user, key)
+    first = Record(0, PurchaseMessage(purchase_id, user, key, first_item, 1, 0, 0))
+    copy = await reserved(core, PurchaseMessage(purchase_id, user, key, second_item, 1, 0, 0))
+    # The same user's own purchase of the second item, later in the same batch.
+    later_id = purchase_id_for(secret, user, later_key)
+    later_message = PurchaseMessage(later_id, user, later_key, second_item, 1, 0, 0)
+    later = await reserved(core, later_message, offset=1)
+    winner_lease, loser_lease = await fresh_leases(core, 2)
+    async with core.pool.acquire() as winner, core.pool.acquire() as loser:
+        held_open = winner.transaction()
+        await held_open.start()
+        await apply_batch(winner, winner_lease, [first])  # inserted, not committed yet
+        racing = asyncio.ensure_future(apply_batch(loser, loser_lease, [copy, later]))
+        await wait_for(lambda: waiting_on_a_lock(core, loser))
+        await held_open.commit()
+        result: BatchResult = await racing
+    copy_decision, later_decision = result.decisions.decisions
+    assert copy_decision.duplicate
+    # Not per_user_limit: the user holds no unit of the second item.
+    assert (later_decision.status, later_decision.reason) == ("confirmed", None)
+    await settle_reservations(core, result)
+    assert await settled_units(core, second_item) == 1  # the copy's unit came back
+    rows = await core.pool.fetch(
+        "SELECT item_id, status FROM purchases WHERE purchase_id = $1", purchase_id
+    )
+    assert [(r["item_id"], r["status"]) for r in rows] == [(first_item, "confirmed")]
+    solds = await core.pool.fetch(
+        "SELECT item_id, sold FROM items WHERE item_id = ANY($1)", [first_item, second_item]
+    )
+    assert {r["item_id"]: r["sold"] for r in solds} == {first_item: 1, second_item: 1}
+
+
 async def test_the_reconciler_gives_back_the_unit_of_a_copy_for_another_item(
     core: CoreResources,
 ) -> None:
@@ -217,3 +273,40 @@ async def test_the_reconciler_gives_back_the_unit_of_a_copy_for_another_item(
     assert view.drift == 0  # the copy's unit is in flight, not lost
     assert (await reconciler.reconcile(view)).settled == 1
     assert await settled_units(core, second_item) == 1
+
+
+async def test_two_keys_reused_crosswise_over_two_items_are_decided_again_after_a_deadlock(
+    core: CoreResources,
+) -> None:
+    """Two purchases, each sent for both items, in opposite orders in the two
+    partitions: each batch holds the row the other waits for, and Postgres aborts
+    one with a deadlock error, which used to escape apply_batch (no
+    UnavailableError: the consumer's loop let it end the process)."""
+    secret = core.settings.secret
+    first_item = await new_item(core, 2)
+    second_item = await new_item(core, 2, levels=[2] + [0] * (core.stock.shards - 1))
+    key = secrets.token_hex(8)
+    p_id, q_id = purchase_id_for(secret, "p-user", key), purchase_id_for(secret, "q-user", key)
+    p_first = Record(0, PurchaseMessage(p_id, "p-user", key, first_item, 1, 0, 0))
+    q_first = Record(1, PurchaseMessage(q_id, "q-user", key, first_item, 1, 0, 0))
+    q_copy = await reserved(core, PurchaseMessage(q_id, "q-user", key, second_item, 1, 0, 0))
+    p_message = PurchaseMessage(p_id, "p-user", key, second_item, 1, 0, 0)
+    p_copy = await reserved(core, p_message, offset=1)
+    winner_lease, loser_lease = await fresh_leases(core, 2)
+    async with core.pool.acquire() as winner, core.pool.acquire() as loser:
+        held_open = winner.transaction()
+        await held_open.start()
+        await apply_batch(winner, winner_lease, [p_first])  # holds p, uncommitted
+        racing = asyncio.ensure_future(apply_batch(loser, loser_lease, [q_copy, p_copy]))
+        await wait_for(lambda: waiting_on_a_lock(core, loser))  # holds q, waits for p
+        # Waits for q: the loser, waiting longer, finds the cycle and is aborted.
+        await apply_batch(winner, winner_lease, [q_first])
+        await held_open.commit()
+        result: BatchResult = await racing
+    assert [d.duplicate for d in result.decisions.decisions] == [True, True]
+    await settle_reservations(core, result)
+    assert await settled_units(core, second_item) == 2
+    rows = await core.pool.fetch(
+        "SELECT item_id FROM purchases WHERE purchase_id = ANY($1)", [p_id, q_id]
+    )
+    assert [r["item_id"] for r in rows] == [first_item, first_item]
