@@ -8,6 +8,10 @@ record published -> 202.
 A key seen before is answered from its record: the claim returns it, and a
 refusal before the claim looks it up first, so a replay of an admitted key
 answers 202 even when the item is sold out now or the user is rate limited.
+Every refusal here comes from state (the item's, the user's, the key's record),
+never from the request itself (validation answered that before): so before one
+is answered Postgres is asked whether it holds the purchase, for a key Redis
+forgot or a record another request wrote after Redis forgot the key.
 A crash between any two steps is repaired by a retry (same purchase id) or by
 the reconciler (it republishes reservation records Postgres does not know).
 """
@@ -50,8 +54,6 @@ log = logging.getLogger(__name__)
 # (longer than a produce may take, so the twin's outcome is known by then).
 TWIN_WAIT_S = PRODUCE_TIMEOUT_S + 1.0
 TWIN_POLL_S = 0.02
-# Refusals after which Postgres is asked whether the key was admitted before.
-REFUSALS_TO_CHECK = frozenset({"sold_out", "rate_limited", "sale_ended"})
 # Refusals that a request whose twin (same user and key) is mid-admission skips:
 # it waits for the twin's outcome instead.
 TWIN_SKIPS = frozenset({"sold_out", "rate_limited"})
@@ -122,8 +124,7 @@ class Admission:
                 await self._check_item(item_id, quantity)
             return await self._admit(purchase_id, user_id, key, item_id, quantity)
         except ApiError as refused:
-            if refused.code not in REFUSALS_TO_CHECK:
-                raise
+            # Off the path of admissions that succeed; batched with the others.
             return await self._stored_or(refused, purchase_id, user_id, item_id, quantity)
 
     async def _check_item(self, item_id: str, quantity: int) -> None:
@@ -134,8 +135,11 @@ class Admission:
     async def _stored_or(
         self, refused: ApiError, purchase_id: str, user_id: str, item_id: str, quantity: int
     ) -> Admitted:
-        """The purchase when Postgres holds it (Redis forgot this key: a restart,
-        eviction, the TTL), else the refusal. Postgres down changes no answer."""
+        """The purchase when Postgres holds it, else the refusal. Redis forgot this
+        key (a restart, eviction, the TTL), or holds the record of another request
+        that reused it after that: Postgres' row is the purchase the key names, and
+        this request gets 202 when it is the same request (check_same_request).
+        Postgres down changes no answer."""
         try:
             stored = await self.lookup.find(purchase_id)
         except UnavailableError:

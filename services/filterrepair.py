@@ -16,9 +16,9 @@ from services.resources import CoreResources
 from services.schema import MessageError, PurchaseMessage
 from services.stockfilter.filter import ShardSnapshot, StockFilter
 from services.store.db import database_errors
-from services.store.decide import CONFIRMED, PAID
+from services.store.decide import CONFIRMED, PAID, REJECTED
 from services.store.items import Item, ItemWrite, get_items
-from services.store.purchases import known_statuses
+from services.store.purchases import KnownStatus, known_statuses
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,31 @@ async def read_views(core: CoreResources, item_ids: list[str]) -> list[FilterVie
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
         items = await get_items(conn, item_ids)
-        final = await known_statuses(conn, purchase_ids)
+        known = await known_statuses(conn, purchase_ids)
     return [
-        FilterView(items[item_id], snapshots[item_id], messages[item_id], final)
+        FilterView(
+            items[item_id],
+            snapshots[item_id],
+            messages[item_id],
+            _final_here(item_id, messages[item_id], known),
+        )
         for item_id in item_ids
         if item_id in items
     ]
+
+
+def _final_here(
+    item_id: str, messages: list[PurchaseMessage], known: dict[str, KnownStatus]
+) -> dict[str, str]:
+    """The final states of an item's records, as that item sees them. A record of a
+    purchase Postgres holds for another item (one key sent for two items after
+    Redis forgot it) sold nothing here: like a rejected one, its units go back."""
+    final = {}
+    for message in messages:
+        state = known.get(message.purchase_id)
+        if state is not None:
+            final[message.purchase_id] = state.status if state.item_id == item_id else REJECTED
+    return final
 
 
 async def repair(stock: StockFilter, view: FilterView, per_request: int) -> int:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from services.errors import FencedError
+from services.errors import FencedError, FlashsaleError, UnavailableError
 from services.schema import PURCHASE
 from services.store.db import Connection, database_errors
 from services.store.decide import (
@@ -22,6 +22,15 @@ from services.store.decide import (
 )
 from services.store.purchases import RESULTS_CHANNEL, notify_payloads
 from services.store.queries import query
+
+# Tries of a batch whose insert lost a purchase to another transaction (apply_batch):
+# each loss means the other one committed (or will: a deadlock's survivor), so a
+# later try sees its row.
+DECIDE_ATTEMPTS = 5
+
+
+class LostInsertError(FlashsaleError):
+    """A purchase of the batch was written meanwhile by another partition's batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +65,24 @@ async def apply_batch(conn: Connection, lease: Lease, records: list[Record]) -> 
 
     A consumer whose epoch is stale (it was paused and lost the partition) raises
     FencedError before it writes anything.
+
+    One purchase (user and key) sent for two items has a copy in two partitions,
+    which two owners may decide side by side: both read no row for the key, both
+    confirm it, and the second insert waits for the first and is skipped. That
+    batch is rolled back and decided again, the copy now a duplicate (its units go
+    back to the filter): what it decided after the copy counted a unit not sold.
+    Two such purchases in opposite orders in the two batches deadlock instead, and
+    Postgres rolls one batch back: decided again too.
     """
+    for _ in range(DECIDE_ATTEMPTS):
+        try:
+            return await _apply_once(conn, lease, records)
+        except (LostInsertError, asyncpg.DeadlockDetectedError):
+            continue
+    raise UnavailableError(f"partition {lease.partition}: purchases kept being written meanwhile")
+
+
+async def _apply_once(conn: Connection, lease: Lease, records: list[Record]) -> BatchResult:
     async with database_errors(), conn.transaction():
         row = await lock_lease(conn, lease)
         fresh = [r for r in records if r.offset >= row["next_offset"]]
@@ -128,7 +154,8 @@ async def _write(
     """Insert final states; sold grows in the same statement by the confirmed rows
     actually inserted. The CHECK (sold <= stock) is the last word: no bug above
     can oversell. Cancellations and expiries go first: the units they free may be
-    sold below. Every statement writes its status changes to the outbox."""
+    sold below. Every statement writes its status changes to the outbox. A row not
+    inserted was written by another transaction since `_decide` read: LostInsertError."""
     where = (lease.topic, lease.partition)
     for status in (CANCELLED, EXPIRED):
         released = decisions.in_db(status)
@@ -144,7 +171,7 @@ async def _write(
     msgs = [d.record.message for d in new]
     final_here = decisions.final_in_batch
     pairs = list(zip(new, msgs, strict=True))
-    await conn.execute(
+    inserted = await conn.fetchval(
         query("insert_purchases"),
         [m.purchase_id for m in msgs],
         [m.user_id for m in msgs],
@@ -162,3 +189,5 @@ async def _write(
         [d.pay_by for d in new],
         lease.topic,
     )
+    if inserted != len(new):
+        raise LostInsertError(f"{len(new) - inserted} purchase(s) written meanwhile")

@@ -1,9 +1,10 @@
 """Looking purchases up by id for many concurrent requests in one query.
 
 A retry whose idempotency record Redis forgot must still get its purchase id
-(api.md), so a gateway asks Postgres before it answers 409 or 429 to a key it
-does not know. In a sold-out storm that is every request: the lookups of one
-event-loop turn share one `= ANY($1)` query instead of one query each.
+(api.md), so a gateway asks Postgres before it refuses a purchase (sold out,
+rate limited, outside the window, over the limit...). In a sold-out storm that
+is every request: the lookups of one event-loop turn share one `= ANY($1)` query
+instead of one query each.
 """
 
 from __future__ import annotations

@@ -45,12 +45,20 @@ def row_to_purchase(row: asyncpg.Record) -> PurchaseRow:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class KnownStatus:
+    """A purchase's final state and the item it was decided for."""
+
+    item_id: str
+    status: str
+
+
 async def known_statuses(
     conn: Connection | asyncpg.Pool, purchase_ids: list[str]
-) -> dict[str, str]:
+) -> dict[str, KnownStatus]:
     async with database_errors():
         rows = await conn.fetch(query("known_purchases"), purchase_ids)
-    return {row["purchase_id"]: row["status"] for row in rows}
+    return {row["purchase_id"]: KnownStatus(row["item_id"], row["status"]) for row in rows}
 
 
 async def item_counts(pool: asyncpg.Pool, item_id: str) -> dict[str, tuple[int, int]]:

@@ -3,7 +3,7 @@ SELECT purchase_id, user_id, item_id, quantity, status, reason, pay_by
 FROM purchases WHERE purchase_id = $1;
 
 -- name: known_purchases
-SELECT purchase_id, status FROM purchases WHERE purchase_id = ANY($1::text[]);
+SELECT purchase_id, item_id, status FROM purchases WHERE purchase_id = ANY($1::text[]);
 
 -- name: confirmed_totals
 -- Units each (user, item) pair already holds, for the per-user limit: a paid
@@ -76,7 +76,8 @@ FROM paid ORDER BY array_position($1::text[], purchase_id)
 -- Sold grows by exactly the held (confirmed or paid) rows that were inserted, in
 -- the same statement: a row skipped by a conflict can never count as sold. Every
 -- inserted row is an event; a row inserted already cancelled or paid (both in
--- one batch) is two: confirmed, then its status.
+-- one batch) is two: confirmed, then its status. Answers the rows inserted: a
+-- conflict means another transaction wrote the purchase meanwhile (batch.py).
 WITH inserted AS (
 INSERT INTO purchases (
     purchase_id, user_id, idempotency_key, item_id, quantity, status, reason,
@@ -107,14 +108,15 @@ CROSS JOIN LATERAL (
     SELECT i.status, 2
 ) AS s
 ORDER BY i.kafka_offset, s.step
-)
+), sold AS (
 UPDATE items SET sold = items.sold + d.units, updated_at = now()
 FROM (
     SELECT item_id, sum(quantity)::integer AS units
     FROM inserted WHERE status IN ('confirmed', 'paid') GROUP BY item_id
 ) AS d
 WHERE items.item_id = d.item_id
-RETURNING items.item_id, d.units;
+)
+SELECT count(*)::integer FROM inserted;
 
 -- name: count_purchases
 SELECT status, count(*)::bigint AS purchases, coalesce(sum(quantity), 0)::bigint AS units
