@@ -40,7 +40,7 @@ from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
 from services.stockfilter.admit import ClaimAndReserve, FirstTry
 from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, SHARD_MISSING, Settlement
-from services.stockfilter.idempotency import PUBLISHED, IdempotencyRecord, new_claim
+from services.stockfilter.idempotency import PUBLISHED, REWRITTEN, IdempotencyRecord, new_claim
 from services.store.items import Item
 from services.store.lookup import PurchaseLookup
 
@@ -294,7 +294,13 @@ class Admission:
 
     async def _mark_published(self, purchase_id: str, claim: IdempotencyRecord, shard: int) -> None:
         try:
-            await self.core.idempotency.swap(purchase_id, claim, claim.published(shard))
+            marked = await self.core.idempotency.mark_published(
+                purchase_id, claim, claim.published(shard)
+            )
+            if marked == REWRITTEN:
+                # Redis lost the claim after it took the units: the record is written
+                # again, so a GET after this 202 finds the purchase (docs/faults.md).
+                self.metrics.published_rewritten.inc()
         except UnavailableError as exc:
             # The message is durable in Kafka and will be decided: answer 202. A retry
             # finds the claim, takes it over when stale, and finds the same reservation.

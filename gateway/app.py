@@ -11,6 +11,7 @@ from gateway.admission import Admission
 from gateway.dashboard import Dashboard
 from gateway.errors import error_middleware
 from gateway.hints import ItemHints
+from gateway.lookups import PurchaseFinder
 from gateway.metrics import GatewayMetrics, metrics_middleware
 from gateway.openapi import openapi_handler
 from gateway.ratelimit import open_rate_limits
@@ -57,6 +58,7 @@ def create_app(settings: Settings, tracing: Tracing = NO_TRACING) -> web.Applica
                 waiters=waiters,
                 admission=Admission(core, producer, hints, metrics, limits, lookup),
                 dashboard=Dashboard(core, metrics),
+                finder=PurchaseFinder(core, producer, metrics),
                 tracing=tracing,
             )
             yield
