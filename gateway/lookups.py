@@ -13,8 +13,10 @@ honest "cannot tell yet" (503), never 404 (docs/faults.md, "Redis lost data").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from gateway.errors import ApiError
@@ -38,6 +40,12 @@ FENCE_RESEND_S = 5.0
 # Incarnations whose fence this gateway produced, remembered for the resend.
 FENCES_REMEMBERED = 1_000
 UNCERTAIN_RETRY_AFTER_S = 1
+# Each gateway looks Redis' incarnation up this often on its own, so a loss is
+# fenced within a second even when no GET asks, and the GETs that do come find
+# the fence passed already. (On a cluster this watches one hash slot.)
+INCARNATION_WATCH_S = 1.0
+# The id the watch looks up: no purchase has it (an HMAC output of all zeros).
+WATCH_ID = "p_" + "0" * 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,11 @@ class PurchaseFinder:
             return Known(purchase_id, record=sighting.record)
         return await self._unknown(purchase_id, sighting)
 
+    async def watch_once(self) -> None:
+        sighting = await self.incarnations.lookup(WATCH_ID)
+        if sighting.new:
+            await self._fence_everywhere(sighting.incarnation)
+
     def owned(self, found: Known | Unknown, caller: str | None, route: str) -> Known:
         """The purchase if `caller` may see it (None: an admin), else the answer to give:
         404 when it is someone else's or certainly unknown, 503 while uncertain."""
@@ -187,3 +200,24 @@ class PurchaseFinder:
                 raise outcome
         self.metrics.fences_produced.inc(sum(isinstance(o, int) for o in outcomes))
         log.info("Redis incarnation %s: fence produced to partitions %s", token, sorted(partitions))
+
+
+@contextlib.asynccontextmanager
+async def incarnation_watch(finder: PurchaseFinder) -> AsyncIterator[None]:
+    """Run `finder.watch_once` every INCARNATION_WATCH_S while the block runs."""
+
+    async def watch() -> None:
+        while True:
+            try:
+                await finder.watch_once()
+            except UnavailableError as exc:
+                log.debug("incarnation watch: %s", exc)
+            await asyncio.sleep(INCARNATION_WATCH_S)
+
+    task = asyncio.create_task(watch(), name="incarnation-watch")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
