@@ -196,6 +196,11 @@ async def test_a_purchase_nobody_made_is_uncertain_then_404(
     assert await wait_for(answered, timeout_s=FINAL_WAIT_S) == 404
     status, _, _ = await _get(http, stack.urls[0], stack, user, never_bought, 0)
     assert status == 404
+    async with http.get(f"{stack.urls[1]}/metrics") as answer:
+        assert 'flashsale_uncertain_answers_total{route="get"}' in await answer.text()
+    async with http.get(f"{stack.urls[1]}/openapi.json") as answer:
+        responses = (await answer.json())["paths"]["/v1/purchases/{purchase_id}"]["get"]
+    assert "Redis lost data" in responses["responses"]["503"]["description"]
 
 
 async def test_cancel_and_pay_of_a_forgotten_purchase_are_not_404(
