@@ -1,8 +1,8 @@
 """Has Redis forgotten anything? Incarnation markers, read with the records they vouch for.
 
 An idempotency record that Redis does not hold proves nothing by itself: Redis
-may have lost it (a restart without persistence, FLUSHALL, a failover to a
-replica that had not received the latest writes). A marker written once per
+may have lost it (a restart without persistence or from a snapshot that lacks
+the last writes, FLUSHALL, a failover to a replica that had not received them). A marker written once per
 incarnation of Redis' memory tells the two apart: read in the same atomic call
 as the record (lookup.lua), a marker that is still the one seen means nothing
 written since it was set was lost, so a record written after it would be there.

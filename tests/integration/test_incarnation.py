@@ -67,6 +67,26 @@ async def test_the_marker_stays_until_redis_loses_its_data(
     assert restarted.new and restarted.incarnation != flushed.incarnation
 
 
+async def test_a_restart_from_a_snapshot_is_a_new_incarnation(state_root: Path) -> None:
+    """Persistence that lags (an RDB snapshot, appendfsync everysec) brings the marker
+    back after a restart, but not the last writes: another process, another marker."""
+    node = RedisNode(state_root / f"redis-snapshot-{secrets.token_hex(2)}")
+    node.start()
+    url = f"redis://127.0.0.1:{node.port}/0"
+    client = open_redis(url, cluster=False)
+    try:
+        seen = await incarnations(client).lookup(pid())
+        await client.save()  # the snapshot holds the marker, not what comes after
+        node.kill()
+        node.start()  # loads the snapshot: the marker is back
+        assert await client.get("fs:incarnation") is not None
+        again = await incarnations(client).lookup(pid())
+        assert again.new and again.incarnation != seen.incarnation
+    finally:
+        await close_redis(client)
+        node.stop()
+
+
 async def test_a_record_is_read_with_its_marker(redis_client: RedisClient) -> None:
     store = IdempotencyStore(redis_client, TTL_S)
     purchase_id = pid()
