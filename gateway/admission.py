@@ -294,12 +294,9 @@ class Admission:
 
     async def _mark_published(self, purchase_id: str, claim: IdempotencyRecord, shard: int) -> None:
         try:
-            marked = await self.core.idempotency.mark_published(
-                purchase_id, claim, claim.published(shard)
-            )
-            if marked == REWRITTEN:
-                # Redis lost the claim after it took the units: the record is written
-                # again, so a GET after this 202 finds the purchase (docs/faults.md).
+            published = claim.published(shard)
+            marked = await self.core.idempotency.mark_published(purchase_id, claim, published)
+            if marked == REWRITTEN:  # Redis lost the claim: written again for a later GET
                 self.metrics.published_rewritten.inc()
         except UnavailableError as exc:
             # The message is durable in Kafka and will be decided: answer 202. A retry
