@@ -187,6 +187,27 @@ async def test_redis_failing_after_the_produce_still_answers_202(
     assert admitted.replayed is False
 
 
+async def test_a_claim_redis_lost_mid_admission_is_written_again_before_the_202(
+    admission: Admission, core: CoreResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23, item 3: Redis lost the claim while the message was being produced;
+    the 202 must leave a record that a GET (on any gateway) finds."""
+    item_id = await new_item(core, 5)
+    real_publish = admission.producer.publish
+
+    async def publish_then_lose(message: PurchaseMessage) -> tuple[int, int]:
+        acked = await real_publish(message)
+        await core.redis.delete(idempotency_key(message.purchase_id))  # as FLUSHALL would
+        return acked
+
+    monkeypatch.setattr(admission.producer, "publish", publish_then_lose)
+    admitted = await admission.purchase("forgotten", secrets.token_hex(4), item_id, 1, "127.0.0.1")
+    record = await core.idempotency.get(admitted.purchase_id)
+    assert record is not None and record.state == "published"
+    registry = admission.metrics.registry
+    assert registry.get_sample_value("flashsale_published_records_rewritten_total") == 1
+
+
 async def test_unknown_items_cost_one_lookup_and_rate_limits_come_first(
     admission: Admission, monkeypatch: pytest.MonkeyPatch
 ) -> None:
