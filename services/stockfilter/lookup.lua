@@ -1,19 +1,22 @@
 -- An idempotency record, read with the incarnation marker of the node that
 -- holds it (same node; on a cluster the same hash slot), in one atomic call.
--- The marker is "<token> <master_replid> <run_id>". It is written anew when it
+-- The marker is "<token> <master_replid> <run_id> <evicted_keys>". It is written anew when it
 -- is missing (a restart without persistence, FLUSHALL), when the node's
 -- replication id changed (a replica was promoted: its history may lack the
 -- last writes of the old master, whose marker it still holds), or when the
 -- process is another one (a restart from a snapshot that lacks the last writes
--- keeps the marker, and may keep the replication id). While the marker reads
--- the same, nothing written since it was set has been lost.
+-- keeps the marker, and may keep the replication id), or when Redis evicted
+-- keys since (maxmemory with an eviction policy: a record may be among them;
+-- the project runs noeviction). While the marker reads the same, nothing
+-- written since it was set has been lost.
 -- KEYS[1] idempotency record, KEYS[2] marker; ARGV[1] a fresh random token
 -- Returns {record or false, current token, 1 when this call wrote the marker}.
 local record = redis.call('GET', KEYS[1])
-local info = redis.call('INFO', 'server', 'replication')
+local info = redis.call('INFO', 'server', 'replication', 'stats')
 local replid = string.match(info, 'master_replid:(%w+)') or '?'
 local run_id = string.match(info, 'run_id:(%w+)') or '?'
-local node = replid .. ' ' .. run_id
+local evicted = string.match(info, 'evicted_keys:(%d+)') or '?'
+local node = replid .. ' ' .. run_id .. ' ' .. evicted
 local marker = redis.call('GET', KEYS[2])
 if marker then
   local token, seen = string.match(marker, '^(%S+) (.+)$')

@@ -87,6 +87,30 @@ async def test_a_restart_from_a_snapshot_is_a_new_incarnation(state_root: Path) 
         node.stop()
 
 
+async def test_an_eviction_is_a_new_incarnation(redis_client: RedisClient) -> None:
+    """maxmemory with an eviction policy may drop a record and keep the marker (it
+    has no TTL, so volatile-lru never picks it)."""
+    watch = incarnations(redis_client)
+    seen = await watch.lookup(pid())
+    used = int((await redis_client.info("memory"))["used_memory"])
+    await redis_client.config_set("maxmemory-policy", "volatile-lru")
+    await redis_client.config_set("maxmemory", str(used + 512 * 1024))
+    try:
+        for batch in range(200):
+            async with redis_client.pipeline(transaction=False) as pipe:
+                for n in range(50):
+                    pipe.set(f"filler:{batch}:{n}", "x" * 1024, ex=600)
+                await pipe.execute()
+            if int((await redis_client.info("stats"))["evicted_keys"]) > 0:
+                break
+    finally:
+        await redis_client.config_set("maxmemory", "0")
+        await redis_client.config_set("maxmemory-policy", "noeviction")
+    assert await redis_client.get("fs:incarnation") is not None
+    evicted = await watch.lookup(pid())
+    assert evicted.new and evicted.incarnation != seen.incarnation
+
+
 async def test_a_record_is_read_with_its_marker(redis_client: RedisClient) -> None:
     store = IdempotencyStore(redis_client, TTL_S)
     purchase_id = pid()
