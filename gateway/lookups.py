@@ -125,8 +125,6 @@ class PurchaseFinder:
             return Known(purchase_id, row=row)
         sighting = await self.incarnations.lookup(purchase_id)
         if sighting.record is not None:
-            if sighting.new:
-                await self._fence_everywhere(sighting.incarnation)  # early: none is waiting
             return Known(purchase_id, record=sighting.record)
         return await self._unknown(purchase_id, sighting)
 
