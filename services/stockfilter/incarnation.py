@@ -47,6 +47,8 @@ class Incarnations:
         self.cluster = cluster
         self._lookup = register(redis, "lookup.lua")
         self.idempotency = idempotency
+        if cluster:
+            slot_tags()  # computed once here, at startup, not in the first request
 
     async def lookup(self, purchase_id: str) -> Sighting:
         # Most lookups find the record: a plain (pipelined) GET is a tenth of the
