@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -18,9 +17,6 @@ from services.errors import FlashsaleError, UnavailableError
 from services.resources import CoreResources
 from services.settings import Settings
 from services.store.leases import LeaseGrant, acquire_lease, acquire_quiet_lease
-
-if TYPE_CHECKING:
-    from consumers.worker import PurchaseConsumer
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +210,8 @@ class PartitionLeases:
 class LeaseListener(ConsumerRebalanceListener):  # type: ignore[misc]
     """On assignment: take the leases (bump epochs) and seek to the stored offsets."""
 
-    def __init__(self, worker: PurchaseConsumer) -> None:
-        self.worker = worker
-
-    @property
-    def leases(self) -> PartitionLeases:
-        return self.worker.leases
+    def __init__(self, leases: PartitionLeases) -> None:
+        self.leases = leases
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.leases.unassigned_since = time.monotonic()

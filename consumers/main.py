@@ -276,7 +276,7 @@ async def consume_until_stuck(
 ) -> None:
     """One group membership: join, consume until stopped or stuck in a rejoin, leave."""
     kafka = worker.kafka
-    kafka.subscribe([settings.topic], listener=LeaseListener(worker))
+    kafka.subscribe([settings.topic], listener=LeaseListener(worker.leases))
     await kafka.start()
     log.info("consumer %s joined group %s", worker.name, settings.consumer_group)
     try:

@@ -27,7 +27,6 @@ from loadtests.bench.context import LOCK_PAUSE_ROUNDS, PHASES, BenchConfig, Stac
 from loadtests.bench.cpu import Parts, SystemProcesses, pids
 from loadtests.bench.report import BenchResults, machine_description, report_json
 from loadtests.bench.runner import run_bench
-from loadtests.target import Target
 from services.errors import FlashsaleError
 from services.settings import Settings
 
@@ -39,6 +38,14 @@ DEFAULT_CONSUMERS = 2
 # Every simulated buyer comes from 127.0.0.1: with the per-address default of
 # the gateway, most requests would measure the 429 path. The limiter still runs.
 BENCH_CLIENT_RATE = "1000000/second"
+# How durable a commit is, the same for every system of a run (issue 20):
+# fsync: Postgres' defaults (fsync, full_page_writes, synchronous_commit on);
+# replicated: also on a synchronous streaming standby's disk (a high-availability
+# deployment); off: no fsync, no full-page writes, a labelled quick mode.
+FSYNC = "fsync"
+REPLICATED = "replicated"
+DURABILITY_OFF = "off"
+DURABILITY_LEVELS = (FSYNC, REPLICATED, DURABILITY_OFF)
 
 
 @click.command()
@@ -109,6 +116,16 @@ BENCH_CLIENT_RATE = "1000000/second"
     help="locks phase: pause rounds and failover rounds per design (one unit at most each).",
 )
 @click.option(
+    "--durability",
+    type=click.Choice(DURABILITY_LEVELS),
+    default=FSYNC,
+    show_default=True,
+    envvar="FLASHSALE_BENCH_DURABILITY",
+    show_envvar=True,
+    help="Postgres durability for every system: fsync (Postgres' defaults), replicated"
+    " (also a synchronous streaming standby), off (no fsync: a quick mode, not a shop's).",
+)
+@click.option(
     "--phases",
     default=",".join(PHASES),
     show_default=True,
@@ -124,6 +141,7 @@ def bench(
     gateways: int,
     consumers: int,
     lock_rounds: int,
+    durability: str,
     phases: frozenset[str],
 ) -> None:
     """Run the side-by-side benchmark on a fresh embedded stack, then stop it all.
@@ -156,7 +174,7 @@ def bench(
     console = Console(stderr=True)
     machine = machine_description()
     config = _Config(
-        requests, stock, concurrency, clients, consumers, lock_rounds, phases, gateways
+        requests, stock, concurrency, clients, consumers, lock_rounds, phases, gateways, durability
     )
     try:
         results = _run(config, console)
@@ -165,6 +183,7 @@ def bench(
         sys.exit(1)
     report = report_json(results, machine)
     report["gateways"] = gateways
+    report["durability"] = durability
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -183,6 +202,7 @@ class _Config:
     lock_rounds: int
     phases: frozenset[str]
     gateways: int = 1
+    durability: str = FSYNC
 
 
 def _phases(value: str) -> frozenset[str]:
@@ -199,7 +219,10 @@ def _phases(value: str) -> frozenset[str]:
 def _run(config: _Config, console: Console) -> BenchResults:
     """Start the stack in a temporary folder, run every phase, stop everything."""
     settings = Settings.from_env(
-        gateway_port=0, postgres_fsync=False, client_rate=BENCH_CLIENT_RATE
+        None,
+        gateway_port=0,
+        client_rate=BENCH_CLIENT_RATE,
+        **durability_settings(config.durability),
     )
     root = Path(tempfile.mkdtemp(prefix="flashsale-bench-"))
     stack = EmbeddedStack(root, settings)
@@ -218,7 +241,15 @@ def _run(config: _Config, console: Console) -> BenchResults:
         return uvloop.run(run_bench(_access(stack), _bench_config(config, stack), say))
 
 
+def durability_settings(level: str) -> dict[str, bool]:
+    """The stack's Postgres settings for a durability level."""
+    return {"postgres_fsync": level != DURABILITY_OFF, "postgres_standby": level == REPLICATED}
+
+
 def _access(stack: EmbeddedStack) -> StackAccess:
+    # A standby's work is part of every commit at `replicated`: Postgres' share.
+    postgres = [stack.postgres.pid(), *([stack.standby.pid()] if stack.standby else [])]
+
     def processes() -> Parts:
         # Read at each measurement: the rebalance phase changes the consumers.
         return {
@@ -226,15 +257,15 @@ def _access(stack: EmbeddedStack) -> StackAccess:
             "consumers": SystemProcesses(single=pids(stack.consumer_pids.values())),
             "redis": SystemProcesses(single=pids(stack.redis.pids)),
             "broker": SystemProcesses(single=pids([stack.broker.pid])),
-            "postgres": SystemProcesses(forking=pids([stack.postgres.pid()])),
+            "postgres": SystemProcesses(forking=pids(postgres)),
         }
 
     return StackAccess(
-        target=Target.of(stack.stack_file()),
+        target=stack.stack_file().target(),
         processes=processes,
         scale=stack.scale_to,
         consumers=len(stack.consumer_pids),
-        shared=SystemProcesses(single=pids(stack.redis.pids), forking=pids([stack.postgres.pid()])),
+        shared=SystemProcesses(single=pids(stack.redis.pids), forking=pids(postgres)),
     )
 
 

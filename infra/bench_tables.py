@@ -35,7 +35,8 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
 
 def _systems_table(report: dict[str, Any]) -> Table:
     table = Table(
-        title=f"{report['requests']:,} buyers, {report['stock']} units, same load for each",
+        title=f"{report['requests']:,} buyers, {report['stock']} units, same load for each"
+        f" (Postgres durability: {report.get('durability', '?')})",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )

@@ -29,7 +29,6 @@ from loadtests.checker import CheckReport, check, final_deadline
 from loadtests.history import HistoryWriter
 from loadtests.pgsnapshot import await_finals, read_snapshot
 from loadtests.stall import write_stall_report
-from loadtests.target import Target
 from loadtests.workload import BUYERS_PER_S, ITEMS, WorkloadConfig, run_workload
 from services.settings import Settings
 
@@ -124,7 +123,7 @@ async def _sale(
     writer: HistoryWriter,
     console: Console,
 ) -> CheckReport:
-    target = Target.of(stack.stack_file())
+    target = stack.stack_file().target()
     config = WorkloadConfig(
         options.duration_s, options.seed, items=options.items, buyers_per_s=options.buyers_per_s
     )
@@ -132,7 +131,10 @@ async def _sale(
     workload = asyncio.create_task(run_workload(target, writer, config, started))
     with console.status(f"creating {options.items} items"):
         await _until_started(workload, started)
-    console.print(f"sale on: {options.items} items, {options.duration_s:g}s of buying")
+    console.print(
+        f"sale on: {options.items} items, {options.duration_s:g}s of buying"
+        " (Postgres with fsync off: the faults kill processes, never the machine)"
+    )
 
     async def heal() -> None:
         await _heal(stack, writer, console)

@@ -87,8 +87,9 @@ def run_demo(buyers: int, stock: int, consumers: int, console: Console) -> bool:
         console.print(
             f"[green]stack ready[/green]: gateway http://127.0.0.1:{settings.gateway_port}, "
             f"{consumers} consumers, {settings.partitions} partitions"
+            " (Postgres with fsync off: a throwaway demo; `flashsale bench` measures at fsync)"
         )
-        target = Target.of(stack.stack_file())
+        target = stack.stack_file().target()
         story = asyncio.run(_story(console, target, buyers, stock))
         _step(console, STEPS, "the invariant check, over every step")
         expected = SaleExpectations(

@@ -10,6 +10,7 @@ the middle of the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ def stack_lifecycle(stop: Stop) -> Iterator[StackLifecycle]:
     try:
         with sigterm_as_interrupt():
             yield lifecycle
-    except BaseException as exc:  # re-raised below, after the cleanup
+    except (Exception, KeyboardInterrupt, SystemExit, asyncio.CancelledError) as exc:  # re-raised
         ended = exc
         raise
     finally:

@@ -96,7 +96,7 @@ def _target(state_dir: Path) -> Target:
             f"the stack in {state_dir} does not answer at {stack.gateway_url}/readyz ({exc}): "
             f"{hint}"
         ) from exc
-    return Target.of(stack)
+    return stack.target()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

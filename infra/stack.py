@@ -20,6 +20,7 @@ from infra.embedded.proc import (
     terminate_pid,
 )
 from infra.embedded.redis import EmbeddedRedis
+from infra.embedded.standby import EmbeddedStandby
 from infra.netlab import NetLab
 from infra.processes import start_consumer, start_gateway
 from infra.stackfile import StackFile, StackPids
@@ -56,6 +57,8 @@ class EmbeddedStack:
     postgres: EmbeddedPostgres = field(init=False)
     redis: EmbeddedRedis = field(init=False)
     broker: EmbeddedBroker = field(init=False)
+    # Settings' postgres_standby: a synchronous streaming standby of `postgres`.
+    standby: EmbeddedStandby | None = field(init=False, default=None)
     gateway_pids: list[int] = field(default_factory=list)
     consumer_pids: dict[str, int] = field(default_factory=dict)
 
@@ -75,6 +78,10 @@ class EmbeddedStack:
             extra_address=lab.address("redis") if lab else None,
         )
         self.broker = EmbeddedBroker(self.state_dir / "kafka")
+        if self.settings.postgres_standby:
+            self.standby = EmbeddedStandby(
+                self.state_dir / "postgres-standby", fsync=True, primary=self.postgres
+            )
         if lab:
             self.broker.host = lab.address("broker")
 
@@ -88,6 +95,10 @@ class EmbeddedStack:
         self.settings = stack_secrets(self.state_dir, self.settings)
         progress("starting postgres")
         self.postgres.start()
+        if self.standby is not None:
+            progress("starting a synchronous streaming standby of postgres")
+            self.standby.start()
+            self.standby.make_synchronous()
         progress(f"starting redis{' cluster' if self.redis_cluster else ''}")
         self.redis.start()
         progress("starting broker")
@@ -191,7 +202,10 @@ class EmbeddedStack:
         progress("stopping broker, redis, postgres")
         self.broker.stop()
         self.redis.stop()
+        # The primary first: with its standby gone, a last commit would wait for it.
         self.postgres.stop()
+        if self.standby is not None:
+            self.standby.stop()
 
 
 def identities(pids: list[int]) -> dict[str, str]:

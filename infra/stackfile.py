@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from infra.embedded.proc import pid_alive, process_identity, same_process
+from loadtests.target import EventsAccess, FilterAccess, Target
 from services.errors import FlashsaleError, StackNotRunningError
 from services.settings import Settings
 
@@ -87,12 +88,29 @@ class StackFile:
             secret=self.secret,
         )
 
+    def target(self) -> Target:
+        """Where load drivers and checkers reach this stack."""
+        settings = self.settings()
+        return Target(
+            self.gateway_url,
+            self.admin_token,
+            self.secret,
+            self.database_url,
+            FilterAccess(self.redis_url, self.redis_cluster, settings.stock_shards),
+            EventsAccess(self.kafka_bootstrap, settings.events_topic),
+        )
+
     def save(self, state_dir: Path) -> Path:
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / STACK_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.chmod(tmp, 0o600)  # it holds the admin token and the signing secret
+        # It holds the admin token and the signing secret: 0600 from its creation,
+        # never readable by others for an instant.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(json.dumps(asdict(self), indent=2) + "\n")
         tmp.replace(path)
         return path
 

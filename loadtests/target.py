@@ -1,17 +1,14 @@
 """Where a running stack answers, as every load driver and checker sees it.
 
 One type for the Locust scenarios, the fault traffic, the chaos workload, the
-demo's sale and the bench. A local stack's target is built from its stack file
-(`Target.of`); a deployed stack (`flashsale sale`) has none and names its gateway.
+demo's sale and the bench. The `flashsale` command builds a local stack's target
+from its stack file (infra.stackfile `StackFile.target`); a deployed stack
+(`flashsale sale`) has none and names its gateway.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from infra.stackfile import StackFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +38,6 @@ class Target:
     # the published events back from the topic.
     stock_filter: FilterAccess | None = None
     events: EventsAccess | None = None
-
-    @classmethod
-    def of(cls, stack: StackFile) -> Target:
-        settings = stack.settings()
-        return cls(
-            stack.gateway_url,
-            stack.admin_token,
-            stack.secret,
-            stack.database_url,
-            FilterAccess(stack.redis_url, stack.redis_cluster, settings.stock_shards),
-            EventsAccess(stack.kafka_bootstrap, settings.events_topic),
-        )
 
     @property
     def redis_url(self) -> str:

@@ -108,6 +108,9 @@ class Settings:
     consumer_metrics_port: int = 0
     state_dir: Path = field(default_factory=lambda: Path(".flashsale"))
     postgres_fsync: bool = True
+    # A synchronous streaming standby beside the embedded Postgres: every commit is
+    # on a second server's disk before it returns (bench --durability replicated).
+    postgres_standby: bool = False
     # Test-only: exit as kill -9 would at this named step (design.md, "Crash points").
     failpoint: str = ""
     log_level: str = "INFO"

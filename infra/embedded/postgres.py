@@ -51,6 +51,8 @@ class EmbeddedPostgres:
     # A second address to listen on (the network lab's), reachable from namespaces.
     extra_address: str | None = None
     bin_dir: Path = field(default_factory=pg_bin_dir)
+    # More `-c name=value` server options (a standby's hot_standby, say).
+    extra_options: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -140,6 +142,7 @@ class EmbeddedPostgres:
                 f"-c full_page_writes={'on' if self.fsync else 'off'}",
                 "-c max_connections=300",
                 "-c shared_buffers=128MB",
+                *self.extra_options,
             ]
         )
         result = self._run(

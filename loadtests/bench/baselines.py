@@ -25,9 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import random
-import secrets
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
@@ -36,8 +33,8 @@ from typing import Any, NoReturn
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
-from redis.commands.core import AsyncScript
 
+from loadtests.bench.redislock import RedisLock
 from loadtests.bench.serve import serve_on_fd
 from services.store.db import open_pool
 from services.store.queries import parse_queries
@@ -55,10 +52,6 @@ LOCK_TTL_MS = 10_000  # the articles' usual "long enough" lease
 # A request that cannot get the lock within this time is answered 503, as
 # tryLock(waitTime) callers do.
 LOCK_WAIT_S = 10.0
-BACKOFF_BASE_S = 0.001
-# Measured here with 256 waiters in one process: a 20 ms cap spends the server's
-# CPU on retries (~40 answers/s, many 503s); 200 ms is near the best (~300/s).
-BACKOFF_CAP_S = 0.2
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.Response]]
 
@@ -80,31 +73,6 @@ class Purchase:
     user_id: str
     idempotency_key: str
     item_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class RedisLock:
-    """SET NX PX with jittered retries; release only while we still hold it."""
-
-    redis: aioredis.Redis
-    release_script: AsyncScript
-    ttl_ms: int
-
-    async def acquire(self, key: str, wait_s: float) -> str | None:
-        token = secrets.token_hex(8)
-        deadline = time.monotonic() + wait_s
-        attempt = 0
-        while not await self.redis.set(key, token, nx=True, px=self.ttl_ms):
-            if time.monotonic() > deadline:
-                return None
-            # Full jitter, so the waiters do not all retry in the same millisecond.
-            await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
-            attempt += 1
-        return token
-
-    async def release(self, key: str, token: str) -> bool:
-        """False when the lock had expired and someone else held it by then."""
-        return bool(await self.release_script(keys=[key], args=[token]))
 
 
 CONFIG = web.AppKey("config", BaselineConfig)

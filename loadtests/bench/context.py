@@ -12,7 +12,7 @@ import asyncpg
 
 from loadtests.bench.cpu import CpuMeter, Parts, SystemProcesses
 from loadtests.bench.loadgen import LoadClients, LoadPlan, LoadResult
-from loadtests.bench.report import ADMITTED, SystemRun
+from loadtests.bench.runs import ADMITTED, SystemRun
 from loadtests.bench.systems import SaleSystem
 from loadtests.target import Target
 

@@ -11,37 +11,14 @@ from typing import Any
 from loadtests.bench.apply import ApplyFigures
 from loadtests.bench.cpu import per_unit_us
 from loadtests.bench.loadgen import LoadResult
-from loadtests.bench.locks.phase import DesignFigures
+from loadtests.bench.locks.figures import DesignFigures
 from loadtests.bench.locks.report import locks_json
 from loadtests.bench.pause import PAUSE_LOCK_TTL_MS, PAUSE_MS, ZombieFigures
 from loadtests.bench.rebalance import RebalanceFigures
-from loadtests.bench.systems import Tally
+from loadtests.bench.runs import ADMITTED, SystemRun
 
-ADMITTED = 202
 # The order of api.md: flashsale first, the ceiling last.
 SYSTEM_ORDER = ("flashsale", "redis_lock", "redis_lock_queued", "postgres_row", "bare_http")
-
-
-@dataclass(frozen=True, slots=True)
-class SystemRun:
-    """One system under one load: what the clients saw and what Postgres holds."""
-
-    load: LoadResult
-    tally: Tally | None
-    # CPU seconds of the system's processes while it ran, by part (gateway, redis...)
-    cpu_parts_s: dict[str, float] | None = None
-
-    @property
-    def cpu_s(self) -> float | None:
-        return None if self.cpu_parts_s is None else sum(self.cpu_parts_s.values())
-
-    @property
-    def sellout_s(self) -> float | None:
-        """From the first request to the last unit sold; None when it did not sell out."""
-        tally = self.tally
-        if tally is None or tally.last_sale_at is None or tally.confirmed < tally.stock:
-            return None
-        return tally.last_sale_at - self.load.started_at
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,8 @@ from loadtests.bench.context import (
 )
 from loadtests.bench.cpu import Parts, SystemProcesses
 from loadtests.bench.loadgen import load_clients
-from loadtests.bench.locks.phase import DesignFigures, LocksOptions, run_locks
+from loadtests.bench.locks.figures import DesignFigures
+from loadtests.bench.locks.phase import LocksOptions, run_locks
 from loadtests.bench.pause import (
     PAUSE_LOCK_TTL_MS,
     PAUSE_MS,
@@ -41,7 +42,8 @@ from loadtests.bench.pause import (
     flashsale_under_pause,
 )
 from loadtests.bench.rebalance import RebalanceFigures, measure_rebalance
-from loadtests.bench.report import BenchResults, SystemRun
+from loadtests.bench.report import BenchResults
+from loadtests.bench.runs import SystemRun
 from loadtests.bench.servers import RunningServer, baseline_servers
 from loadtests.bench.systems import BareSystem, BaselineSystem, FlashsaleSystem, SaleSystem
 from services.store.db import open_pool

@@ -175,8 +175,9 @@ class AutoPipeline:
                     await connection.send_packed_command(packed, check_health=False)
                     for _ in range(count):
                         replies.append(await _reply(connection))
-                except BaseException:
-                    # Replies may still be on their way: the connection is out of step.
+                except (Exception, asyncio.CancelledError):
+                    # Replies may still be on their way (also when cancelled mid-read):
+                    # the connection is out of step.
                     await connection.disconnect(nowait=True)
                     raise
                 finally:

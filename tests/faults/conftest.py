@@ -34,7 +34,7 @@ class FaultStack:
 
     @property
     def target(self) -> Target:
-        return Target.of(self.stack.stack_file())
+        return self.stack.stack_file().target()
 
     @property
     def settings(self) -> Settings:

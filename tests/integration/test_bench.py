@@ -71,6 +71,7 @@ def test_help_names_every_option_and_its_variable() -> None:
         assert option in result.stdout
     assert "FLASHSALE_BENCH_REQUESTS" in result.stdout
     assert "--phases" in result.stdout
+    assert "--durability" in result.stdout and "replicated" in result.stdout
     assert "locks" in result.stdout
 
 
@@ -78,6 +79,8 @@ def test_help_names_every_option_and_its_variable() -> None:
 def test_json_has_every_key_of_the_api(report: dict[str, Any]) -> None:
     assert isinstance(report["machine"], str) and report["machine"]
     assert (report["requests"], report["stock"]) == (REQUESTS, STOCK)
+    # Postgres' defaults unless asked otherwise: a durability a shop runs.
+    assert report["durability"] == "fsync"
     systems = report["systems"]
     for name in ("flashsale", "redis_lock", "postgres_row"):
         assert set(systems[name]) >= SALE_KEYS, name

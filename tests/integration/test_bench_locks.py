@@ -34,15 +34,8 @@ from loadtests.bench.locks.designs import (
 )
 from loadtests.bench.locks.failover import FailoverNodes, failover_round
 from loadtests.bench.locks.faults import Workers, pause_round
-from loadtests.bench.locks.phase import (
-    FAILOVER_TTL_S,
-    FAILOVER_WAIT_S,
-    PAUSE_OTHERS,
-    PAUSE_S,
-    PAUSE_STOCK,
-    PAUSE_TTL_S,
-    PAUSE_WAIT_S,
-)
+from loadtests.bench.locks.figures import FAILOVER_TTL_S, PAUSE_S, PAUSE_TTL_S
+from loadtests.bench.locks.phase import FAILOVER_WAIT_S, PAUSE_OTHERS, PAUSE_STOCK, PAUSE_WAIT_S
 from loadtests.bench.locks.section import confirmed
 from services.resources import CoreResources
 from services.store.items import upsert_item

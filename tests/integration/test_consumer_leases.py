@@ -97,7 +97,7 @@ async def member(
         kafka.assign([TopicPartition(topic, p) for p in assigned])
         worker = PurchaseConsumer(member_settings, core, kafka)
         async with open_producer(member_settings) as producer:
-            yield Member(worker, LeaseListener(worker), producer, core, topic)
+            yield Member(worker, LeaseListener(worker.leases), producer, core, topic)
     finally:
         await kafka.stop()
 

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 import redis_lock
 from pottery import AIORedlock
 
-from loadtests.bench.baselines import RedisLock
+from loadtests.bench.redislock import RedisLock
 from services.store.db import Connection, open_pool
 from services.store.queries import parse_queries
 

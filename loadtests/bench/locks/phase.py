@@ -13,19 +13,16 @@ import contextlib
 import functools
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from infra.embedded.etcd import EmbeddedEtcd
 from infra.embedded.redis import RedisNode
 from loadtests.bench.baselines import load_queries as baseline_queries
+from loadtests.bench.context import Bench, StackAccess
 from loadtests.bench.locks.designs import (
-    ETCD_LEASE,
-    ETCD_LEASE_FENCED,
     FLASHSALE,
     LOCK_DESIGNS,
-    PG_ADVISORY,
     REDIS_DESIGNS,
     REDLOCK,
     LockSetup,
@@ -34,41 +31,30 @@ from loadtests.bench.locks.designs import (
     redis_key,
 )
 from loadtests.bench.locks.failover import FailoverNodes, failover_round
-from loadtests.bench.locks.faults import Round, Workers, pause_round
+from loadtests.bench.locks.faults import Workers, pause_round
+from loadtests.bench.locks.figures import (
+    FAILOVER_TTL_S,
+    PAUSE_S,
+    PAUSE_TTL_S,
+    DesignFigures,
+)
 from loadtests.bench.locks.section import confirmed
+from loadtests.bench.runs import SystemRun
 from loadtests.bench.servers import spawn_server, stop_server, wait_ready
 from loadtests.bench.systems import BaselineSystem, SaleSystem
 from services.store.items import upsert_item
 from services.store.leases import ensure_leases
-
-if TYPE_CHECKING:
-    # Annotations only: the report (which the context imports) imports this module.
-    from loadtests.bench.context import Bench, StackAccess
-    from loadtests.bench.report import SystemRun
 
 Progress = Callable[[str], None]
 
 SPIKE_MAX_REQUESTS = 2000  # the lock designs answer a few hundred per second
 SPIKE_TTL_S = 10.0  # the articles' usual "long enough" lease
 SPIKE_WAIT_S = 10.0
-PAUSE_TTL_S = 1.0  # etcd rounds it up to its 2 s minimum
-PAUSE_S = 5.0  # past every TTL, and long enough for the others to start and buy
 PAUSE_WAIT_S = 1.0  # waiters retry, so they notice an expired lock
 PAUSE_STOCK = 3
 PAUSE_OTHERS = 2
-FAILOVER_TTL_S = 10.0  # the lock cannot expire during a round: only the failover acts
 FAILOVER_WAIT_S = 1.0
 REDLOCK_NODES = 3
-RAFT = (
-    "not measured: the embedded etcd is one member; etcd grants a lock only once a Raft"
-    " majority has it, so the asynchronous-replica failover of Redis has no counterpart"
-)
-NO_FAILOVER = {
-    PG_ADVISORY: "no Redis: the lock lives in the Postgres transaction that writes",
-    ETCD_LEASE: RAFT,
-    ETCD_LEASE_FENCED: RAFT,
-    FLASHSALE: "no lock: Postgres decides each unit under the partition lease's epoch",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +64,6 @@ class LocksOptions:
     pause_rounds: int
     failover_rounds: int
     log_dir: Path
-
-
-@dataclass(slots=True)
-class DesignFigures:
-    design: str
-    library: str
-    spike: SystemRun | None = None
-    pause: list[Round] = field(default_factory=list)
-    failover: list[Round] | None = None  # one node failed over (of one, or of Redlock's 3)
-    failover_two_of_three: list[Round] | None = None  # Redlock only
 
 
 async def run_locks(

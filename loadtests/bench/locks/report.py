@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loadtests.bench.locks.faults import Round
-from loadtests.bench.locks.phase import (
+from loadtests.bench.locks.figures import (
     FAILOVER_TTL_S,
     NO_FAILOVER,
     PAUSE_S,
