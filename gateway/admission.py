@@ -44,7 +44,7 @@ from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
 from services.stockfilter.admit import ClaimAndReserve, FirstTry
 from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, SHARD_MISSING, Settlement
-from services.stockfilter.idempotency import PUBLISHED, IdempotencyRecord, new_claim
+from services.stockfilter.idempotency import PUBLISHED, REWRITTEN, IdempotencyRecord, new_claim
 from services.store.items import Item
 from services.store.lookup import PurchaseLookup
 
@@ -298,7 +298,10 @@ class Admission:
 
     async def _mark_published(self, purchase_id: str, claim: IdempotencyRecord, shard: int) -> None:
         try:
-            await self.core.idempotency.swap(purchase_id, claim, claim.published(shard))
+            published = claim.published(shard)
+            marked = await self.core.idempotency.mark_published(purchase_id, claim, published)
+            if marked == REWRITTEN:  # Redis lost the claim: written again for a later GET
+                self.metrics.published_rewritten.inc()
         except UnavailableError as exc:
             # The message is durable in Kafka and will be decided: answer 202. A retry
             # finds the claim, takes it over when stale, and finds the same reservation.

@@ -11,6 +11,7 @@ from gateway.admission import Admission
 from gateway.dashboard import Dashboard
 from gateway.errors import error_middleware
 from gateway.hints import ItemHints
+from gateway.lookups import PurchaseFinder, incarnation_watch
 from gateway.metrics import GatewayMetrics, metrics_middleware
 from gateway.openapi import openapi_handler
 from gateway.ratelimit import open_rate_limits
@@ -47,6 +48,8 @@ def create_app(settings: Settings, tracing: Tracing = NO_TRACING) -> web.Applica
             await stack.enter_async_context(returned_units_listener(core.redis, hints.forget))
             lookup = PurchaseLookup(core.pool)
             stack.push_async_callback(lookup.close)
+            finder = PurchaseFinder(core, producer, metrics)
+            await stack.enter_async_context(incarnation_watch(finder))
             app[GATEWAY] = Gateway(
                 settings=settings,
                 core=core,
@@ -57,6 +60,7 @@ def create_app(settings: Settings, tracing: Tracing = NO_TRACING) -> web.Applica
                 waiters=waiters,
                 admission=Admission(core, producer, hints, metrics, limits, lookup),
                 dashboard=Dashboard(core, metrics),
+                finder=finder,
                 tracing=tracing,
             )
             yield

@@ -69,6 +69,23 @@ class GatewayMetrics:
             "admissions answered 202 although Redis failed after the produce",
             registry=r,
         )
+        self.published_rewritten = Counter(
+            "flashsale_published_records_rewritten",
+            "admissions whose idempotency record Redis lost mid-admission, written again",
+            registry=r,
+        )
+        self.uncertain = Counter(
+            "flashsale_uncertain_answers",
+            "503s for a purchase found in neither Redis nor Postgres while Redis' fence"
+            " is not passed (it may have been accepted)",
+            ["route"],
+            registry=r,
+        )
+        self.fences_produced = Counter(
+            "flashsale_redis_fences_produced",
+            "fence messages produced to a partition after Redis lost data",
+            registry=r,
+        )
         self.produce_latency = Histogram(
             "flashsale_produce_seconds",
             "Kafka produce latency",

@@ -32,12 +32,25 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _error(text[status]) for status in statuses}
 
 
+def _purchase_errors(*statuses: int) -> dict[str, Any]:
+    """A purchase's routes: 404 only when true; 503 also while it cannot be told."""
+    return _errors(*statuses) | {
+        "404": _error("someone else's purchase, or certainly never accepted"),
+        "503": _error(
+            "a backing service is unavailable, or Redis lost data and the consumers have not"
+            " passed its fence yet, so whether it was accepted cannot be told: retry after"
+            " Retry-After (never 404 for an accepted purchase)"
+        ),
+    }
+
+
 ITEM_ID = {
     "name": "item_id",
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
 }
+PURCHASE_ID = {"name": "purchase_id", "in": "path", "required": True, "schema": {"type": "string"}}
 JSON_BODY = "application/json"
 
 SCHEMAS: dict[str, Any] = {
@@ -183,12 +196,7 @@ PATHS: dict[str, Any] = {
             "summary": "A purchase's state; wait holds the answer until it is final",
             "security": [{"user": []}],
             "parameters": [
-                {
-                    "name": "purchase_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                },
+                PURCHASE_ID,
                 {
                     "name": "wait",
                     "in": "query",
@@ -196,7 +204,10 @@ PATHS: dict[str, Any] = {
                     "schema": {"type": "number", "minimum": 0, "maximum": WAIT_MAX_S},
                 },
             ],
-            "responses": {"200": _json("Purchase", "the purchase"), **_errors(400, 401, 404, 503)},
+            "responses": {
+                "200": _json("Purchase", "the purchase"),
+                **_purchase_errors(400, 401, 404, 503),
+            },
         },
     },
     "/v1/purchases/{purchase_id}/cancel": {
@@ -204,16 +215,11 @@ PATHS: dict[str, Any] = {
             "summary": "Cancel a confirmed purchase (owner or admin); its units go back on sale",
             "security": [{"user": []}, {"admin": []}],
             "parameters": [
-                {
-                    "name": "purchase_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                },
+                PURCHASE_ID,
             ],
             "responses": {
                 "200": _json("Purchase", "the purchase, now cancelled"),
-                **_errors(401, 404, 409, 429, 503),
+                **_purchase_errors(401, 404, 409, 429, 503),
             },
         },
     },
@@ -226,16 +232,11 @@ PATHS: dict[str, Any] = {
             ),
             "security": [{"admin": []}],
             "parameters": [
-                {
-                    "name": "purchase_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                },
+                PURCHASE_ID,
             ],
             "responses": {
                 "200": _json("Purchase", "the purchase, now paid"),
-                **_errors(401, 403, 404, 409, 429, 503),
+                **_purchase_errors(401, 403, 404, 409, 429, 503),
             },
         },
     },

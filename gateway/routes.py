@@ -12,6 +12,7 @@ from gateway.admission import Admitted
 from gateway.auth import require_admin, require_user, require_user_or_admin
 from gateway.dashboard import dashboard_page
 from gateway.errors import ApiError, json_answer
+from gateway.lookups import PENDING, Known, Unknown, not_found, purchase_json
 from gateway.state import GATEWAY, Gateway
 from gateway.validation import (
     idempotency_key,
@@ -26,13 +27,16 @@ from services.errors import ItemNotFoundError, UnavailableError
 from services.reconciler import apply_item_write
 from services.schema import PurchaseMessage
 from services.store.decide import CANCELLED, CONFIRMED, EXPIRED, PAID
-from services.store.items import get_item, rfc3339, write_item
+from services.store.items import get_item, write_item
 from services.store.notifications import TooManyWaitsError
 from services.store.purchases import PurchaseRow, get_purchase
 
-PENDING = "pending"
 # Re-check Postgres this often while waiting with no live notification listener.
 WAIT_RECHECK_S = 1.0
+# Re-check this often while we cannot tell whether a purchase was accepted (Redis
+# lost data): the fence passing wakes nobody, and a waiting client wants 200 or
+# 404 as soon as it is true.
+UNCERTAIN_RECHECK_S = 0.25
 # How long a cancel or pay waits for the item's partition owner to apply it.
 CANCEL_WAIT_S = 10.0
 
@@ -121,33 +125,11 @@ async def post_purchase(request: web.Request) -> web.Response:
     )
 
 
-def _purchase_json(row: PurchaseRow) -> dict[str, object]:
-    return {
-        "purchase_id": row.purchase_id,
-        "item_id": row.item_id,
-        "quantity": row.quantity,
-        "status": row.status,
-        "reason": row.reason,
-        "pay_by": rfc3339(row.pay_by),
-    }
-
-
-async def _lookup(gw: Gateway, purchase_id: str, user_id: str) -> dict[str, object] | None:
-    """The purchase as its owner sees it; None when it is unknown or someone else's."""
-    row = await get_purchase(gw.core.pool, purchase_id)
-    if row is not None:
-        return _purchase_json(row) if row.user_id == user_id else None
-    pending = await gw.core.idempotency.get(purchase_id)
-    if pending is None or pending.user_id != user_id:
-        return None
-    return {
-        "purchase_id": purchase_id,
-        "item_id": pending.item_id,
-        "quantity": pending.quantity,
-        "status": PENDING,
-        "reason": None,
-        "pay_by": None,
-    }
+def _worth_waiting(found: Known | Unknown, user_id: str) -> bool:
+    """Our own purchase still pending, or a purchase we cannot tell about yet."""
+    if isinstance(found, Unknown):
+        return not found.certain
+    return found.pending and found.user_id == user_id
 
 
 async def get_purchase_handler(request: web.Request) -> web.Response:
@@ -155,32 +137,37 @@ async def get_purchase_handler(request: web.Request) -> web.Response:
     user_id = require_user(request, gw.settings.secret)
     wait_s = min(wait_seconds(request), gw.settings.result_wait_max_s)
     purchase_id = path_purchase_id(request)
-    not_found = ApiError(404, "purchase_not_found", "no such purchase")
     if purchase_id is None:
-        raise not_found
+        raise not_found()
     deadline = time.monotonic() + wait_s
     try:
         with gw.waiters.watch(purchase_id, user_id) as woken:
-            found = await _lookup(gw, purchase_id, user_id)
-            while found is not None and found["status"] == PENDING:
+            found = await gw.finder.find(purchase_id)
+            while _worth_waiting(found, user_id):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                # A live listener wakes us; without one (Postgres restarting) poll.
-                nap = left if gw.waiters.listening else min(left, WAIT_RECHECK_S)
+                # A live listener wakes us when the purchase is decided; without one
+                # (Postgres restarting) poll. A fence passing notifies nobody: while
+                # uncertain, re-check often.
+                notified = gw.waiters.listening and isinstance(found, Known)
+                recheck_s = WAIT_RECHECK_S if isinstance(found, Known) else UNCERTAIN_RECHECK_S
+                nap = left if notified else min(left, recheck_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), timeout=nap)
-                if not woken.is_set() and gw.waiters.listening:
+                if not woken.is_set() and notified:
                     break  # the time is up, and no notification means no change
                 woken.clear()
-                found = await _lookup(gw, purchase_id, user_id)
+                found = await gw.finder.find(purchase_id)
     except TooManyWaitsError as exc:
         raise ApiError(
             429, "rate_limited", f"too many long-polls at once: {exc}", {"Retry-After": "1"}
         ) from exc
-    if found is None:
-        raise not_found
-    return web.json_response(found)
+    return web.json_response(gw.finder.owned(found, user_id, "get").as_json())
+
+
+def _still_pending() -> ApiError:
+    return ApiError(409, "not_final", "the purchase is still pending; retry", {"Retry-After": "1"})
 
 
 async def cancel_purchase(request: web.Request) -> web.Response:
@@ -189,19 +176,11 @@ async def cancel_purchase(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     caller = require_user_or_admin(request, gw.settings.admin_token, gw.settings.secret)
     purchase_id = path_purchase_id(request)
-    not_found = ApiError(404, "purchase_not_found", "no such purchase")
     if purchase_id is None:
-        raise not_found
-    row = await get_purchase(gw.core.pool, purchase_id)
+        raise not_found()
+    row = gw.finder.owned(await gw.finder.find(purchase_id), caller, "cancel").row
     if row is None:
-        pending = await gw.core.idempotency.get(purchase_id)
-        if pending is None or caller not in (None, pending.user_id):
-            raise not_found
-        raise ApiError(
-            409, "not_final", "the purchase is still pending; retry", {"Retry-After": "1"}
-        )
-    if caller not in (None, row.user_id):
-        raise not_found
+        raise _still_pending()
     if row.status == CONFIRMED:
         message = PurchaseMessage.cancel(
             row.purchase_id, row.user_id, row.item_id, row.quantity, int(time.time() * 1000)
@@ -209,7 +188,7 @@ async def cancel_purchase(request: web.Request) -> web.Response:
         row = await _apply_and_wait(gw, row, message)
     if row.status != CANCELLED:
         raise ApiError(409, "not_cancellable", f"a {row.status} purchase cannot be cancelled")
-    return web.json_response(_purchase_json(row))
+    return web.json_response(purchase_json(row))
 
 
 async def pay_purchase(request: web.Request) -> web.Response:
@@ -219,16 +198,11 @@ async def pay_purchase(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     require_admin(request, gw.settings.admin_token, gw.settings.secret)
     purchase_id = path_purchase_id(request)
-    not_found = ApiError(404, "purchase_not_found", "no such purchase")
     if purchase_id is None:
-        raise not_found
-    row = await get_purchase(gw.core.pool, purchase_id)
+        raise not_found()
+    row = gw.finder.owned(await gw.finder.find(purchase_id), None, "pay").row
     if row is None:
-        if await gw.core.idempotency.get(purchase_id) is None:
-            raise not_found
-        raise ApiError(
-            409, "not_final", "the purchase is still pending; retry", {"Retry-After": "1"}
-        )
+        raise _still_pending()
     if row.status == CONFIRMED and row.pay_by is None:
         raise ApiError(409, "not_on_hold", "the purchase's item sells without a hold")
     if row.status == CONFIRMED:
@@ -240,7 +214,7 @@ async def pay_purchase(request: web.Request) -> web.Response:
         raise ApiError(409, "expired", "the purchase was not paid by pay_by; it expired")
     if row.status != PAID:
         raise ApiError(409, "not_payable", f"a {row.status} purchase cannot be paid")
-    return web.json_response(_purchase_json(row))
+    return web.json_response(purchase_json(row))
 
 
 async def _apply_and_wait(gw: Gateway, row: PurchaseRow, message: PurchaseMessage) -> PurchaseRow:

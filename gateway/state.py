@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.admission import Admission
 from gateway.dashboard import Dashboard
 from gateway.hints import ItemHints
+from gateway.lookups import PurchaseFinder
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimits
 from services.producer import PurchaseProducer
@@ -35,6 +36,7 @@ class Gateway:
     waiters: ResultWaiters
     admission: Admission
     dashboard: Dashboard
+    finder: PurchaseFinder
     tracing: Tracing = NO_TRACING
 
     async def readiness(self) -> dict[str, bool]:

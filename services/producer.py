@@ -96,6 +96,28 @@ class PurchaseProducer:
             raise UnavailableError(f"kafka produce failed: {exc!r}") from exc
         return metadata.partition, metadata.offset
 
+    async def partitions(self) -> frozenset[int]:
+        """The topic's partitions, as this producer sends to them."""
+        try:
+            async with asyncio.timeout(PRODUCE_TIMEOUT_S):
+                found = await self._producer.partitions_for(self.topic)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise UnavailableError(f"kafka metadata of {self.topic}: {exc!r}") from exc
+        return frozenset(found)
+
+    async def publish_to(self, message: PurchaseMessage, partition: int) -> int:
+        """Send to one named partition (a fence goes to every one) and wait for the
+        ack: the offset. UnavailableError on failure."""
+        try:
+            async with asyncio.timeout(PRODUCE_TIMEOUT_S):
+                delivery = await self._producer.send(
+                    self.topic, message.encode(), partition=partition
+                )
+                metadata = await delivery
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise UnavailableError(f"kafka produce failed: {exc!r}") from exc
+        return int(metadata.offset)
+
     async def broker_answers(self) -> None:
         """Ask the broker for fresh metadata (readiness): cached metadata would answer
         for a broker that is gone. Naming no topic also creates none."""

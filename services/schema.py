@@ -16,7 +16,11 @@ PURCHASE_ID_BYTES = 16
 PURCHASE = "purchase"
 CANCEL = "cancel"
 PAY = "pay"
-KINDS = (PURCHASE, CANCEL, PAY)
+# A fence (docs/faults.md, "Redis lost data"): asks nothing of a purchase; the
+# partition's owner records, in its batch transaction, that the log passed it.
+FENCE = "fence"
+KINDS = (PURCHASE, CANCEL, PAY, FENCE)
+FENCE_ID_PREFIX = "fence-"
 # Cancel and pay messages take no units from a shard: they have no reservation record.
 NO_SHARD = -1
 
@@ -59,6 +63,12 @@ class PurchaseMessage:
         """Asks the item's partition owner to mark a purchase on hold paid: the same
         single writer decides its expiry, so paid and expired never both happen."""
         return cls(purchase_id, user_id, "", item_id, quantity, NO_SHARD, at_ms, PAY)
+
+    @classmethod
+    def fence(cls, token: str, at_ms: int) -> PurchaseMessage:
+        """A fence named `token`, produced to one partition: every record acknowledged
+        before it was produced lies before it in that partition's log."""
+        return cls(FENCE_ID_PREFIX + token, "", token, "", 0, NO_SHARD, at_ms, FENCE)
 
     @property
     def is_cancel(self) -> bool:

@@ -19,6 +19,8 @@ from services.stockfilter.scripts import register
 
 CLAIMED = "claimed"
 PUBLISHED = "published"
+# mark_published wrote the record again: Redis had lost the claim.
+REWRITTEN = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +117,34 @@ class IdempotencyStore:
         self, purchase_id: str, ours: IdempotencyRecord, new: IdempotencyRecord | None
     ) -> bool:
         """Replace (or, with None, drop) the record only if it is still `ours`."""
+        return await self._swap_script(purchase_id, ours, new, write_if_gone=False) > 0
+
+    async def mark_published(
+        self, purchase_id: str, ours: IdempotencyRecord, published: IdempotencyRecord
+    ) -> int:
+        """Swap our claim for its published record, or write that record again when
+        Redis lost the claim meanwhile (its message is in Kafka: a GET must find
+        it, docs/faults.md). 1 swapped, REWRITTEN, 0 taken over by another."""
+        return await self._swap_script(purchase_id, ours, published, write_if_gone=True)
+
+    async def _swap_script(
+        self,
+        purchase_id: str,
+        ours: IdempotencyRecord,
+        new: IdempotencyRecord | None,
+        write_if_gone: bool,
+    ) -> int:
         async with redis_errors():
             done = await self.pipe.script(
                 self._swap,
                 [idempotency_key(purchase_id)],
-                [ours.encode(), "" if new is None else new.encode(), self.ttl_s],
+                [
+                    ours.encode(),
+                    "" if new is None else new.encode(),
+                    self.ttl_s,
+                    "1" if write_if_gone else "0",
+                ],
                 # A replacement run twice answers alike (unclaim.lua); a drop does not.
                 idempotent=new is not None,
             )
-        return int(done) == 1
+        return int(done)

@@ -43,3 +43,12 @@ def sweeping_key() -> str:
 def returns_channel() -> str:
     """Pub/sub channel: item ids whose units came back on sale (cancellations)."""
     return f"{PREFIX}:returned"
+
+
+def incarnation_key(slot_tag: str | None = None) -> str:
+    """The marker of what Redis holds (services/stockfilter/incarnation.py): one for
+    a single node; on a cluster one per hash slot, `slot_tag` naming the slot of the
+    records it vouches for (a node loses its slots' data, not the cluster's)."""
+    if slot_tag is None:
+        return f"{PREFIX}:incarnation"
+    return f"{PREFIX}:incarnation:{{{slot_tag}}}"

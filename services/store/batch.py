@@ -8,7 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from services.errors import FencedError, FlashsaleError, UnavailableError
-from services.schema import PURCHASE
+from services.schema import FENCE, PURCHASE
 from services.store.db import Connection, database_errors
 from services.store.decide import (
     CANCELLED,
@@ -20,6 +20,7 @@ from services.store.decide import (
     Target,
     decide,
 )
+from services.store.fences import pass_fences
 from services.store.purchases import RESULTS_CHANNEL, notify_payloads
 from services.store.queries import query
 
@@ -88,8 +89,13 @@ async def _apply_once(conn: Connection, lease: Lease, records: list[Record]) -> 
         fresh = [r for r in records if r.offset >= row["next_offset"]]
         if not fresh:
             return BatchResult(BatchDecisions(), row["next_offset"], len(records))
-        decisions = await _decide(conn, fresh, row["db_now"])
+        fences = [r.message.idempotency_key for r in fresh if r.message.kind == FENCE]
+        asks = [r for r in fresh if r.message.kind != FENCE]
+        decisions = await _decide(conn, asks, row["db_now"]) if asks else BatchDecisions()
         await _write(conn, lease, row["log_generation"], decisions)
+        if fences:
+            # After this batch's purchases: a fence passes with everything before it.
+            await pass_fences(conn, lease.topic, lease.partition, fences)
         last = max(fresh, key=lambda r: r.offset)
         next_offset = last.offset + 1
         await conn.execute(

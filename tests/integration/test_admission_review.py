@@ -20,6 +20,7 @@ from gateway import routes
 from gateway.admission import Admission, Admitted, SoldOut
 from gateway.errors import ApiError
 from gateway.hints import ItemHints
+from gateway.lookups import PurchaseFinder
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import open_rate_limits
 from services.errors import UnavailableError
@@ -177,16 +178,34 @@ async def test_redis_failing_after_the_produce_still_answers_202(
 ) -> None:
     """Finding 12: the message is durable once produced; a failed swap is no 503."""
     item_id = await new_item(core, 5)
-    real_swap = core.idempotency.swap
 
-    async def failing_swap(purchase_id: str, ours: Any, new: Any) -> bool:
-        if new is not None and new.state == "published":
-            raise UnavailableError("redis went away")
-        return await real_swap(purchase_id, ours, new)
+    async def failing_mark(purchase_id: str, ours: Any, published: Any) -> int:
+        raise UnavailableError("redis went away")
 
-    monkeypatch.setattr(core.idempotency, "swap", failing_swap)
+    monkeypatch.setattr(core.idempotency, "mark_published", failing_mark)
     admitted = await admission.purchase("swapper", secrets.token_hex(4), item_id, 1, "127.0.0.1")
     assert admitted.replayed is False
+
+
+async def test_a_claim_redis_lost_mid_admission_is_written_again_before_the_202(
+    admission: Admission, core: CoreResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23, item 3: Redis lost the claim while the message was being produced;
+    the 202 must leave a record that a GET (on any gateway) finds."""
+    item_id = await new_item(core, 5)
+    real_publish = admission.producer.publish
+
+    async def publish_then_lose(message: PurchaseMessage) -> tuple[int, int]:
+        acked = await real_publish(message)
+        await core.redis.delete(idempotency_key(message.purchase_id))  # as FLUSHALL would
+        return acked
+
+    monkeypatch.setattr(admission.producer, "publish", publish_then_lose)
+    admitted = await admission.purchase("forgotten", secrets.token_hex(4), item_id, 1, "127.0.0.1")
+    record = await core.idempotency.get(admitted.purchase_id)
+    assert record is not None and record.state == "published"
+    registry = admission.metrics.registry
+    assert registry.get_sample_value("flashsale_published_records_rewritten_total") == 1
 
 
 async def test_unknown_items_cost_one_lookup_and_rate_limits_come_first(
@@ -338,14 +357,14 @@ async def test_a_long_poll_rereads_only_when_woken(
     from services.tokens import issue_token  # noqa: PLC0415
 
     lookups = 0
-    real_lookup = routes._lookup
+    real_find = PurchaseFinder.find
 
-    async def counting_lookup(*args: Any) -> Any:
+    async def counting_find(*args: Any) -> Any:
         nonlocal lookups
         lookups += 1
-        return await real_lookup(*args)
+        return await real_find(*args)
 
-    monkeypatch.setattr(routes, "_lookup", counting_lookup)
+    monkeypatch.setattr(PurchaseFinder, "find", counting_find)
     item_id = await new_item(core, 5)
     lonely = settings.replace(topic=f"lonely-{secrets.token_hex(3)}")  # no consumer reads it
     async with TestClient(TestServer(create_app(lonely))) as client:
