@@ -29,7 +29,13 @@ import time
 from gateway.admission_rules import in_progress
 from gateway.metrics import GatewayMetrics
 from services.errors import ProduceUncertainError, UnavailableError
-from services.failpoints import GIVEBACK_FAILS, PRODUCE_LOST_ACK, fails_here
+from services.failpoints import (
+    FENCE_FAILS,
+    GIVEBACK_FAILS,
+    PRODUCE_FAILS,
+    PRODUCE_LOST_ACK,
+    fails_here,
+)
 from services.producer import PurchaseProducer
 from services.resources import CoreResources
 from services.schema import PurchaseMessage
@@ -72,6 +78,8 @@ class AdmissionPublisher:
         """Produce the admission's message; on failure see `answer`."""
         started = time.perf_counter()
         try:
+            if fails_here(self.settings.failpoint, PRODUCE_FAILS):
+                raise UnavailableError("failpoint: the produce failed before sending")
             partition, _offset = await self.producer.publish(message)
             if fails_here(self.settings.failpoint, PRODUCE_LOST_ACK):
                 raise ProduceUncertainError("failpoint: in the broker, ack lost", partition)
@@ -122,6 +130,8 @@ class AdmissionPublisher:
         error: UnavailableError,
     ) -> None:
         try:
+            if fails_here(self.settings.failpoint, FENCE_FAILS):
+                raise UnavailableError("failpoint: Postgres cannot be written")
             fence = await reject_unadmitted(self.core.pool, message, self.settings.topic, partition)
         except UnavailableError as db_error:
             log.warning(
@@ -129,14 +139,15 @@ class AdmissionPublisher:
                 message.purchase_id,
                 db_error,
             )
+            await self._mark_published(message, claim)
             self._count(KEPT)
             return
         if fence.fenced or _rejected(fence):
             await self._give_back(message)  # once: a late copy's settle finds no record
+        await self._mark_published(message, claim)
         if not fence.fenced:
             self._count(DECIDED)
             return
-        await self._mark_decided(message, claim)
         self._count(FENCED)
         raise error
 
@@ -165,13 +176,15 @@ class AdmissionPublisher:
             return False
         return True
 
-    async def _mark_decided(self, message: PurchaseMessage, claim: IdempotencyRecord) -> None:
-        """Mark the claim as a published one: a retry answers 202 from it at once
-        (its purchase reads rejected: unavailable) instead of waiting for it."""
+    async def _mark_published(self, message: PurchaseMessage, claim: IdempotencyRecord) -> None:
+        """Mark the claim as a published one, putting it back if it was released
+        before a give-back failed: a retry answers 202 from it at once, and a read
+        of a 202'd purchase finds it pending until it is decided. A record another
+        request wrote meanwhile is left as it is."""
+        published = claim.published(message.shard)
         try:
-            await self.core.idempotency.swap(
-                message.purchase_id, claim, claim.published(message.shard)
-            )
+            if not await self.core.idempotency.swap(message.purchase_id, claim, published):
+                await self.core.idempotency.claim(message.purchase_id, published)
         except UnavailableError as exc:
             # A retry then waits for the claim to age, takes it over, finds the row.
             log.warning("%s: claim not marked (%s)", message.purchase_id, exc)

@@ -26,12 +26,16 @@ CONSUMER_POINTS = (
 # The outbox relay (in the consumer process): events sent, not yet marked.
 RELAY_POINTS = ("relay.after_publish",)
 ALL_POINTS = GATEWAY_POINTS + CONSUMER_POINTS + RELAY_POINTS
-# Steps of a failed admission that can be made to fail instead of dying:
-# the message is in the broker but the gateway sees an uncertain produce error;
-# the gateway's give-back of a reservation fails as a Redis error would.
+# Steps of an admission that can be made to fail instead of dying: the produce
+# fails before anything was sent (a certain failure); the message is in the
+# broker but the gateway sees an uncertain produce error (its ack was lost);
+# the give-back of a reservation fails as a Redis error would; writing the
+# purchase's rejected row fails as a Postgres error would.
+PRODUCE_FAILS = "gateway.produce_fails"
 PRODUCE_LOST_ACK = "gateway.produce_lost_ack"
 GIVEBACK_FAILS = "gateway.giveback_fails"
-ERROR_POINTS = (PRODUCE_LOST_ACK, GIVEBACK_FAILS)
+FENCE_FAILS = "gateway.fence_fails"
+ERROR_POINTS = (PRODUCE_FAILS, PRODUCE_LOST_ACK, GIVEBACK_FAILS, FENCE_FAILS)
 ERROR_PREFIX = "error:"
 
 
