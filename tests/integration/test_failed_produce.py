@@ -4,6 +4,7 @@ the units fails: a gateway with error failpoints beside the live stack's consume
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,7 +22,8 @@ from services.failpoints import (
     error_spec,
 )
 from services.resources import CoreResources
-from services.schema import purchase_id_for
+from services.schema import PurchaseMessage, purchase_id_for
+from services.stockfilter.filter import RESERVED
 from services.stockfilter.keys import idempotency_key
 from services.store.purchases import PurchaseRow, get_purchase
 from tests.conftest import fresh_id, wait_for
@@ -261,3 +263,32 @@ async def test_when_nothing_can_be_undone_the_reconciler_keeps_the_202(
         "nothing-works-user",
         lambda quiet: quiet.unsold == STOCK - 1,
     )
+
+
+async def test_a_reservation_an_earlier_request_made_is_not_given_back(
+    live: LiveStack, core: CoreResources, http: aiohttp.ClientSession
+) -> None:
+    """Redis forgot the key but not the reservation (it lives in another slot, on
+    another node of a cluster): the retry finds the earlier request's reservation,
+    whose message may be in the log already. Its failed produce answers 202 and
+    leaves the record, which the reconciler publishes."""
+    item_id = await new_item(http, live)
+    user = "earlier-reservation-user"
+    levels = await core.stock.shard_levels(item_id)
+    key = next(
+        k
+        for k in (uuid.uuid4().hex for _ in range(100))
+        if levels[core.stock.home_shard(purchase_of(live, user, k))]
+    )
+    purchase_id = purchase_of(live, user, key)
+    shard = core.stock.home_shard(purchase_id)
+    earlier = PurchaseMessage(purchase_id, user, key, item_id, 1, shard, int(time.time() * 1000))
+    code, _left = await core.stock.reserve_at(item_id, shard, purchase_id, 1, earlier.encode())
+    assert code == RESERVED
+    async with failing_gateway(live, PRODUCE_FAILS) as url:
+        answer = await buy(http, live, url, user, key, item_id)
+    assert answer.status == 202, answer
+    assert answer.body["purchase_id"] == purchase_id
+    assert (await final(http, live, user, purchase_id))["status"] == "confirmed"
+    quiet = await wait_for(lambda: settled(core, item_id), timeout_s=30)
+    assert quiet.unsold == STOCK - 1
