@@ -248,7 +248,7 @@ class Admission:
             await self.core.activity.mark(item_id, force=True)  # paused between mark and reserve
         # A failed produce answers 503 only when nothing stays reserved or can be
         # charged later (gateway/producefault.py); else it returns and this is a 202.
-        await self.publisher.publish(message_for(reserved.shard), reserved.claim, reserved.before)
+        await self._publish(message_for(reserved.shard), reserved.claim, reserved.before)
         failpoint(self.settings.failpoint, "gateway.after_produce")
         await self._mark_published(purchase_id, reserved.claim, reserved.shard)
         self.metrics.admitted.inc()
@@ -308,6 +308,11 @@ class Admission:
             # finds the claim, takes it over when stale, and finds the same reservation.
             self.metrics.publish_mark_errors.inc()
             log.warning("admitted %s but could not mark it published: %s", purchase_id, exc)
+
+    async def _publish(
+        self, message: PurchaseMessage, claim: IdempotencyRecord, reserved_before: bool
+    ) -> None:
+        await self.publisher.publish(message, claim, reserved_before)
 
     def _replay(
         self,

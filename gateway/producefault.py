@@ -109,12 +109,12 @@ class AdmissionPublisher:
         if isinstance(error, ProduceUncertainError):
             await self._fence(message, claim, error.partition, error)
             return
-        if self._may_be_republished(message):
-            await self._fence(message, claim, self._partition(message), error)
-            return
         if not await self._release_claim(message, claim):
             self._count(TAKEN_OVER)
             raise in_progress() from error
+        if self._may_be_republished(message):
+            await self._fence(message, claim, self._partition(message), error)
+            return
         if await self._give_back(message):
             self._count(GIVEN_BACK)
             raise error
