@@ -32,6 +32,7 @@ from services.errors import ProduceUncertainError, UnavailableError
 from services.failpoints import (
     FENCE_FAILS,
     GIVEBACK_FAILS,
+    PRODUCE_DELIVERED_LATE,
     PRODUCE_FAILS,
     PRODUCE_LOST_ACK,
     fails_here,
@@ -76,6 +77,9 @@ class AdmissionPublisher:
         self, message: PurchaseMessage, claim: IdempotencyRecord, reserved_before: bool
     ) -> None:
         """Produce the admission's message; on failure see `answer`."""
+        if fails_here(self.settings.failpoint, PRODUCE_DELIVERED_LATE):
+            await self._delivered_late(message, claim, reserved_before)
+            return
         started = time.perf_counter()
         try:
             if fails_here(self.settings.failpoint, PRODUCE_FAILS):
@@ -87,6 +91,18 @@ class AdmissionPublisher:
             await self.answer(message, claim, error, reserved_before)
             return
         self.metrics.produce_latency.observe(time.perf_counter() - started)
+
+    async def _delivered_late(
+        self, message: PurchaseMessage, claim: IdempotencyRecord, reserved_before: bool
+    ) -> None:
+        """Failpoint: an uncertain failure whose record reaches the broker only once
+        the gateway has handled the error (the producer's retry after our timeout)."""
+        partition = self.producer.partition_for(message.item_id.encode())
+        error = ProduceUncertainError("failpoint: to be delivered late", partition)
+        try:
+            await self.answer(message, claim, error, reserved_before)
+        finally:
+            await self.producer.publish(message)
 
     async def answer(
         self,

@@ -28,14 +28,24 @@ RELAY_POINTS = ("relay.after_publish",)
 ALL_POINTS = GATEWAY_POINTS + CONSUMER_POINTS + RELAY_POINTS
 # Steps of an admission that can be made to fail instead of dying: the produce
 # fails before anything was sent (a certain failure); the message is in the
-# broker but the gateway sees an uncertain produce error (its ack was lost);
-# the give-back of a reservation fails as a Redis error would; writing the
+# broker but the gateway sees an uncertain produce error (its ack was lost: the
+# consumer may apply it before the gateway handles the error); the gateway sees
+# an uncertain error and the message reaches the broker only after the gateway
+# handled it (a send the producer retried after the gateway's timeout); the
+# give-back of a reservation fails as a Redis error would; writing the
 # purchase's rejected row fails as a Postgres error would.
 PRODUCE_FAILS = "gateway.produce_fails"
 PRODUCE_LOST_ACK = "gateway.produce_lost_ack"
+PRODUCE_DELIVERED_LATE = "gateway.produce_delivered_late"
 GIVEBACK_FAILS = "gateway.giveback_fails"
 FENCE_FAILS = "gateway.fence_fails"
-ERROR_POINTS = (PRODUCE_FAILS, PRODUCE_LOST_ACK, GIVEBACK_FAILS, FENCE_FAILS)
+ERROR_POINTS = (
+    PRODUCE_FAILS,
+    PRODUCE_LOST_ACK,
+    PRODUCE_DELIVERED_LATE,
+    GIVEBACK_FAILS,
+    FENCE_FAILS,
+)
 ERROR_PREFIX = "error:"
 
 

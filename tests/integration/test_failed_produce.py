@@ -17,6 +17,7 @@ from infra.processes import start_gateway
 from services.failpoints import (
     FENCE_FAILS,
     GIVEBACK_FAILS,
+    PRODUCE_DELIVERED_LATE,
     PRODUCE_FAILS,
     PRODUCE_LOST_ACK,
     error_spec,
@@ -138,15 +139,41 @@ async def test_a_produce_that_reached_the_broker_answered_503_is_never_charged(
 ) -> None:
     item_id = await new_item(http, live)
     user, key = "lost-ack-user", uuid.uuid4().hex
-    async with failing_gateway(live, PRODUCE_LOST_ACK) as url:
+    async with failing_gateway(live, PRODUCE_DELIVERED_LATE) as url:
         answer = await buy(http, live, url, user, key, item_id)
     assert answer.status == 503 and answer.body["error"] == "unavailable", answer
     # The message is in the log: the purchase after it is applied after it.
     assert (await applied_after(http, live, item_id))["status"] == "confirmed"
-    row = await stored(core, purchase_of(live, user, key))
+    purchase_id = purchase_of(live, user, key)
+    row = await stored(core, purchase_id)
     assert row is not None and (row.status, row.reason) == ("rejected", "unavailable")
     quiet = await wait_for(lambda: settled(core, item_id), timeout_s=20)
     assert quiet.unsold == STOCK - 1  # only the later purchase was sold
+    # Its status change is an event, once, like any other (the outbox).
+    events = await core.pool.fetchval(
+        "SELECT array_agg(event_id) FROM purchase_events WHERE purchase_id = $1", purchase_id
+    )
+    assert events == [f"{purchase_id}:rejected"]
+
+
+async def test_a_lost_ack_is_answered_by_what_came_first(
+    live: LiveStack, core: CoreResources, http: aiohttp.ClientSession
+) -> None:
+    """The message is in the log when the gateway sees the error: the consumer may
+    apply it before the gateway writes the rejected row, or after. Either way the
+    answer is the purchase's: 503 and rejected, or 202 and confirmed."""
+    item_id = await new_item(http, live)
+    user, key = "lost-ack-race", uuid.uuid4().hex
+    purchase_id = purchase_of(live, user, key)
+    async with failing_gateway(live, PRODUCE_LOST_ACK) as url:
+        answer = await buy(http, live, url, user, key, item_id)
+    assert answer.status in (202, 503), answer
+    assert (await applied_after(http, live, item_id))["status"] == "confirmed"
+    body = await final(http, live, user, purchase_id)
+    expected = ("confirmed", None) if answer.status == 202 else ("rejected", "unavailable")
+    assert (body["status"], body["reason"]) == expected
+    quiet = await wait_for(lambda: settled(core, item_id), timeout_s=20)
+    assert quiet.unsold == STOCK - (2 if answer.status == 202 else 1)
 
 
 async def test_a_retry_after_that_503_gets_the_decided_purchase(
@@ -155,7 +182,7 @@ async def test_a_retry_after_that_503_gets_the_decided_purchase(
     item_id = await new_item(http, live)
     user, key = "lost-ack-retry", uuid.uuid4().hex
     purchase_id = purchase_of(live, user, key)
-    async with failing_gateway(live, PRODUCE_LOST_ACK) as url:
+    async with failing_gateway(live, PRODUCE_DELIVERED_LATE) as url:
         assert (await buy(http, live, url, user, key, item_id)).status == 503
     retried = await buy(http, live, live.url, user, key, item_id)
     assert (retried.status, retried.body["purchase_id"]) == (202, purchase_id), retried
@@ -209,7 +236,7 @@ async def test_a_lost_ack_and_a_failed_giveback_return_the_units_once(
     """The late copy (a duplicate) and the reconciler may both settle the record."""
     item_id = await new_item(http, live)
     user, key = "lost-ack-giveback", uuid.uuid4().hex
-    async with failing_gateway(live, PRODUCE_LOST_ACK, GIVEBACK_FAILS) as url:
+    async with failing_gateway(live, PRODUCE_DELIVERED_LATE, GIVEBACK_FAILS) as url:
         assert (await buy(http, live, url, user, key, item_id)).status == 503
     assert (await applied_after(http, live, item_id))["status"] == "confirmed"
     quiet = await wait_for(lambda: settled(core, item_id), timeout_s=30)
