@@ -35,6 +35,7 @@ from gateway.errors import ApiError
 from gateway.hints import ItemHints
 from gateway.itemreads import ItemReads
 from gateway.metrics import GatewayMetrics
+from gateway.producefault import AdmissionPublisher
 from gateway.ratelimit import CLIENT, ITEM, USER, RateLimits
 from gateway.soldout import SoldOutHint
 from services.errors import UnavailableError
@@ -43,7 +44,7 @@ from services.producer import PRODUCE_TIMEOUT_S, PurchaseProducer
 from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
 from services.stockfilter.admit import ClaimAndReserve, FirstTry
-from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, SHARD_MISSING, Settlement
+from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, SHARD_MISSING
 from services.stockfilter.idempotency import PUBLISHED, REWRITTEN, IdempotencyRecord, new_claim
 from services.store.items import Item
 from services.store.lookup import PurchaseLookup
@@ -73,6 +74,9 @@ class Reserved:
     claim: IdempotencyRecord
     empty_shards: frozenset[int] = frozenset()
     missing: bool = False
+    # The shard held this purchase's reservation already (ALREADY_RESERVED): an
+    # earlier request of the key made it, and may have published it.
+    before: bool = False
 
 
 class Admission:
@@ -95,6 +99,7 @@ class Admission:
         self.settings = core.settings
         self.claim_and_reserve = ClaimAndReserve(core.idempotency, core.stock)
         self.sold_out_hint = SoldOutHint(hints, core.stock)
+        self.publisher = AdmissionPublisher(core, producer, metrics)
 
     async def purchase(
         self, user_id: str, key: str, item_id: str, quantity: int, client: str
@@ -245,7 +250,9 @@ class Admission:
         failpoint(self.settings.failpoint, "gateway.after_reserve")
         if self.core.activity.stale_mark(item_id):
             await self.core.activity.mark(item_id, force=True)  # paused between mark and reserve
-        await self._publish(message_for(reserved.shard), reserved.claim)
+        # A failed produce answers 503 only when nothing stays reserved or can be
+        # charged later (gateway/producefault.py); else it returns and this is a 202.
+        await self._publish(message_for(reserved.shard), reserved.claim, reserved.before)
         failpoint(self.settings.failpoint, "gateway.after_produce")
         await self._mark_published(purchase_id, reserved.claim, reserved.shard)
         self.metrics.admitted.inc()
@@ -277,7 +284,8 @@ class Admission:
                     item_id, shard, purchase_id, quantity, message_for(shard).encode()
                 )
             if code in (RESERVED, ALREADY_RESERVED):
-                return Reserved(shard, claim, frozenset(empty), missing)
+                before = code == ALREADY_RESERVED
+                return Reserved(shard, claim, frozenset(empty), missing, before)
             if code == SHARD_MISSING:
                 missing = True  # not "empty": Redis lost it, and the reconciler refills it
             elif left <= 0:
@@ -308,6 +316,11 @@ class Admission:
             self.metrics.publish_mark_errors.inc()
             log.warning("admitted %s but could not mark it published: %s", purchase_id, exc)
 
+    async def _publish(
+        self, message: PurchaseMessage, claim: IdempotencyRecord, reserved_before: bool
+    ) -> None:
+        await self.publisher.publish(message, claim, reserved_before)
+
     def _replay(
         self,
         purchase_id: str,
@@ -319,19 +332,3 @@ class Admission:
         check_same_request(earlier_item, earlier_quantity, item_id, quantity)
         self.metrics.replayed.inc()
         return Admitted(purchase_id, replayed=True)
-
-    async def _publish(self, message: PurchaseMessage, claim: IdempotencyRecord) -> None:
-        started = time.perf_counter()
-        try:
-            await self.producer.publish(message)
-        except UnavailableError:
-            self.metrics.produce_errors.inc()
-            # Give the units back only while the claim is still ours: a request that
-            # took this admission over (we were slow) publishes the same reservation.
-            if await self.core.idempotency.swap(message.purchase_id, claim, None):
-                giveback = Settlement(
-                    message.item_id, message.shard, message.purchase_id, message.quantity, True
-                )
-                await self.core.stock.settle([giveback])
-            raise
-        self.metrics.produce_latency.observe(time.perf_counter() - started)

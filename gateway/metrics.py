@@ -56,7 +56,18 @@ class GatewayMetrics:
         )
         self.produce_errors = Counter(
             "flashsale_produce_errors",
-            "Kafka produce failures (reservation given back)",
+            "Kafka produce failures (what became of each: flashsale_failed_produces)",
+            registry=r,
+        )
+        self.failed_produces = Counter(
+            "flashsale_failed_produces",
+            "failed produces by outcome (gateway/producefault.py)",
+            ["outcome"],
+            registry=r,
+        )
+        self.giveback_errors = Counter(
+            "flashsale_giveback_errors",
+            "reservations a failed produce could not give back (the reconciler settles them)",
             registry=r,
         )
         self.recovered = Counter(

@@ -37,7 +37,8 @@ class PurchaseRow:
     status: str
     reason: str | None
     kafka_partition: int
-    kafka_offset: int
+    # None: decided by a gateway at no offset (a 503'd purchase made final, 0007).
+    kafka_offset: int | None
     log_generation: int
     lease_epoch: int
     admitted_s: float

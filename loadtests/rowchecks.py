@@ -97,9 +97,15 @@ def _ops_of(run: RunView, row: PurchaseRow) -> list[str]:
     ]
 
 
+def _logged(rows: list[PurchaseRow]) -> list[PurchaseRow]:
+    """Rows applied from a log offset: a row a gateway decided (a 503 made final,
+    services/store/unadmitted.py) has none, and no place in the log's order."""
+    return [row for row in rows if row.kafka_offset is not None]
+
+
 def check_fcfs(run: RunView) -> None:
     streams: dict[tuple[str, int, int], list[PurchaseRow]] = defaultdict(list)
-    for row in run.snapshot.purchases:
+    for row in _logged(run.snapshot.purchases):
         streams[(row.item_id, row.kafka_partition, row.log_generation)].append(row)
     # Only a write that may have added stock explains a later confirmation.
     writes = [
@@ -107,7 +113,7 @@ def check_fcfs(run: RunView) -> None:
     ]
     pairs = 0
     for (item_id, _, _), rows in streams.items():
-        rows.sort(key=lambda row: row.kafka_offset)
+        rows.sort(key=lambda row: row.kafka_offset or 0)  # every one has one (_logged)
         item_writes = [op for op in writes if op.item == item_id]
         for index, rejected in enumerate(rows):
             if rejected.reason != "sold_out":
@@ -138,10 +144,10 @@ def _stock_written_between(writes: list[Op], first: PurchaseRow, then: PurchaseR
 
 def check_fencing(run: RunView) -> None:
     logs: dict[tuple[int, int], list[PurchaseRow]] = defaultdict(list)
-    for row in run.snapshot.purchases:
+    for row in _logged(run.snapshot.purchases):
         logs[(row.kafka_partition, row.log_generation)].append(row)
     for (partition, generation), rows in sorted(logs.items()):
-        rows.sort(key=lambda row: (row.kafka_offset, row.lease_epoch))
+        rows.sort(key=lambda row: (row.kafka_offset or 0, row.lease_epoch))
         newest: PurchaseRow | None = None
         for before, row in zip([None, *rows], rows, strict=False):
             if before is not None and before.kafka_offset == row.kafka_offset:

@@ -19,6 +19,16 @@ class UnavailableError(FlashsaleError):
     """A backing service (Redis, Kafka, Postgres) cannot be reached now: retry later."""
 
 
+class ProduceUncertainError(UnavailableError):
+    """A produce failed after the message entered the producer's batch: the broker may
+    have appended it (a timeout, a lost connection, an error after the request was
+    sent), so the message can still be consumed. `partition` is where it went."""
+
+    def __init__(self, message: str, partition: int) -> None:
+        super().__init__(message)
+        self.partition = partition
+
+
 class FencedError(FlashsaleError):
     """A consumer's lease epoch is stale: another consumer owns the partition."""
 

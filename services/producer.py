@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
-from services.errors import UnavailableError
+from services.errors import ProduceUncertainError, UnavailableError
 from services.schema import PurchaseMessage
 from services.settings import Settings
 from services.tracing import NO_TRACING, Tracing
@@ -47,11 +47,19 @@ class RememberingPartitioner:
 
 class PurchaseProducer:
     def __init__(
-        self, producer: AIOKafkaProducer, topic: str, tracing: Tracing = NO_TRACING
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        tracing: Tracing = NO_TRACING,
+        default_partitions: int = 1,
     ) -> None:
         self._producer = producer
         self.topic = topic
         self.tracing = tracing
+        self.default_partitions = default_partitions
+        # The same function as the producer's partitioner (a pure function of the
+        # key and the partition count): it names where a record went.
+        self._partitioner = RememberingPartitioner()
 
     async def publish(self, message: PurchaseMessage) -> tuple[int, int]:
         """Send and wait for the broker's ack: (partition, offset). UnavailableError on failure.
@@ -86,14 +94,30 @@ class PurchaseProducer:
     async def _publish(
         self, message: PurchaseMessage, headers: list[tuple[str, bytes]] | None
     ) -> tuple[int, int]:
+        """Two steps, each failing differently. aiokafka's send() waits for metadata
+        and room in a batch, then appends the record and returns its delivery future
+        with no await in between: when send() raises or is cancelled, the record never
+        entered a batch (a certain failure, UnavailableError). Once it returned, the
+        sender delivers the batch whatever happens to our wait (cancelling the future
+        does not stop it), so a timeout or an error from then on is uncertain: the
+        broker may have appended it (ProduceUncertainError)."""
+        deadline = asyncio.get_running_loop().time() + PRODUCE_TIMEOUT_S
+        key = message.item_id.encode()
         try:
-            async with asyncio.timeout(PRODUCE_TIMEOUT_S):
+            async with asyncio.timeout_at(deadline):
                 delivery = await self._producer.send(
-                    self.topic, message.encode(), key=message.item_id.encode(), headers=headers
+                    self.topic, message.encode(), key=key, headers=headers
                 )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise UnavailableError(f"kafka produce failed before sending: {exc!r}") from exc
+        try:
+            async with asyncio.timeout_at(deadline):
                 metadata = await delivery
         except (KafkaError, OSError, TimeoutError) as exc:
-            raise UnavailableError(f"kafka produce failed: {exc!r}") from exc
+            partition = self.partition_for(key)
+            raise ProduceUncertainError(
+                f"kafka produce to partition {partition} failed after sending: {exc!r}", partition
+            ) from exc
         return metadata.partition, metadata.offset
 
     async def partitions(self) -> frozenset[int]:
@@ -117,6 +141,16 @@ class PurchaseProducer:
         except (KafkaError, OSError, TimeoutError) as exc:
             raise UnavailableError(f"kafka produce failed: {exc!r}") from exc
         return int(metadata.offset)
+
+    def partition_for(self, key: bytes) -> int:
+        """The partition a record with this key goes to, from the producer's metadata
+        as aiokafka's send() reads it (the partition count of the settings when the
+        producer has none yet)."""
+        cluster = self._producer.client.cluster
+        known = cluster.partitions_for_topic(self.topic)
+        partitions = list(known) if known else list(range(self.default_partitions))
+        available = list(cluster.available_partitions_for_topic(self.topic) or partitions)
+        return self._partitioner(key, partitions, available)
 
     async def broker_answers(self) -> None:
         """Ask the broker for fresh metadata (readiness): cached metadata would answer
@@ -162,4 +196,4 @@ async def open_producer(
     client_id = f"flashsale-{settings.consumer_name or 'gateway'}"
     timeout_ms = int(PRODUCE_TIMEOUT_S * 1000)
     async with started_producer(settings, LINGER_MS, timeout_ms, client_id) as producer:
-        yield PurchaseProducer(producer, settings.topic, tracing)
+        yield PurchaseProducer(producer, settings.topic, tracing, settings.partitions)

@@ -252,3 +252,22 @@ def test_the_stall_report_places_items_where_the_producer_does() -> None:
         item = f"item-{n}"
         expected = DefaultPartitioner()(item.encode(), partitions, partitions)
         assert partition_of(item, 12) == expected
+
+
+def test_purchases_a_gateway_made_final_have_no_offset_and_no_place_in_the_log() -> None:
+    """A 503 after an uncertain produce makes the purchase final (rejected:
+    unavailable) at no offset (gateway/producefault.py): two of them in one
+    partition reuse no offset, and order nothing."""
+    run = Run()
+    run.fault(0, 5)
+    run.item("g", stock=5, sold=1)
+    for n in (1, 2):
+        run.buy(n, "", f"u{n}", f"k{n}", "g", status=503)
+        _row(run, f"P{n}", "g", user_id=f"u{n}", idempotency_key=f"k{n}", status="rejected",
+             reason="unavailable", kafka_partition=2, kafka_offset=None)  # fmt: skip
+    run.buy(3, "P3", "user-P3", "key-P3", "g")
+    _row(run, "P3", "g", kafka_partition=2, admitted_s=3, applied_s=3.5)
+
+    report = check(run.history, run.snapshot)
+
+    assert report.violations == []
