@@ -29,12 +29,23 @@ class FilterView:
 
     Every purchase settled after the Redis snapshot is still in it, and Postgres
     is read in one snapshot, so `sold` and the statuses agree with each other.
+    Statuses are looked up for some records only (`read_views`): `drift` is exact
+    when the view is `complete`.
     """
 
     item: Item
     shards: list[ShardSnapshot]
     messages: list[PurchaseMessage]
-    final: dict[str, str]
+    # Postgres' status of each record looked up (None: Postgres does not know it yet).
+    statuses: dict[str, str | None]
+
+    @property
+    def final(self) -> dict[str, str]:
+        return {pid: status for pid, status in self.statuses.items() if status is not None}
+
+    @property
+    def complete(self) -> bool:
+        return all(m.purchase_id in self.statuses for m in self.messages)
 
     @property
     def missing(self) -> list[int]:
@@ -49,11 +60,12 @@ class FilterView:
     def held_units(self) -> int:
         """Units in reservation records not counted in `sold`: in flight, or rejected
         (the settle that drops a rejected record gives its units back itself). A paid
-        purchase's units are in `sold` as a confirmed one's."""
+        purchase's units are in `sold` as a confirmed one's. A record not looked up
+        counts as in flight."""
         return sum(
             m.quantity
             for m in self.messages
-            if self.final.get(m.purchase_id) not in (CONFIRMED, PAID)
+            if self.statuses.get(m.purchase_id) not in (CONFIRMED, PAID)
         )
 
     @property
@@ -61,42 +73,71 @@ class FilterView:
         """Units the filter lacks (positive) or holds too many (negative)."""
         return self.item.remaining - self.held_units - self.filter_units
 
+    @property
+    def counted_drift(self) -> int:
+        """The drift if no record's purchase were applied yet: needs no status, and
+        is never above `drift` (an applied record's units are in `sold` too)."""
+        records = sum(m.quantity for m in self.messages)
+        return self.item.remaining - records - self.filter_units
 
-async def read_views(core: CoreResources, item_ids: list[str]) -> list[FilterView]:
+
+async def read_views(
+    core: CoreResources, item_ids: list[str], stale_before_ms: int | None = None
+) -> list[FilterView]:
+    """Every item's view; with `stale_before_ms`, statuses only of the records
+    admitted before it and of every record of an item whose counted drift is not
+    zero or whose filter lost a shard (the rest stay out of the lookup: a pass
+    costs what has work to do, not what is in flight)."""
     shard_lists = await asyncio.gather(*(core.stock.snapshot(i) for i in item_ids))
     snapshots = dict(zip(item_ids, shard_lists, strict=True))
     messages = {item_id: _decode_all(shards) for item_id, shards in snapshots.items()}
-    purchase_ids = [m.purchase_id for ms in messages.values() for m in ms]
     async with (
         database_errors(),
         core.pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
         items = await get_items(conn, item_ids)
-        final = await known_statuses(conn, purchase_ids)
+        unlooked = [
+            FilterView(items[i], snapshots[i], messages[i], {}) for i in item_ids if i in items
+        ]
+        wanted = [_lookups(view, stale_before_ms) for view in unlooked]
+        final = await known_statuses(conn, [pid for ids in wanted for pid in ids])
     return [
-        FilterView(items[item_id], snapshots[item_id], messages[item_id], final)
-        for item_id in item_ids
-        if item_id in items
+        FilterView(v.item, v.shards, v.messages, {pid: final.get(pid) for pid in ids})
+        for v, ids in zip(unlooked, wanted, strict=True)
     ]
 
 
+def _lookups(view: FilterView, stale_before_ms: int | None) -> list[str]:
+    """The records of `view` whose status the reader needs."""
+    if stale_before_ms is None or view.missing or view.counted_drift != 0:
+        return [m.purchase_id for m in view.messages]
+    return [m.purchase_id for m in view.messages if m.admitted_at_ms < stale_before_ms]
+
+
 async def repair(stock: StockFilter, view: FilterView, per_request: int) -> int:
-    """Bring the filter to `remaining - held`: fill lost shards, and add the drift to
-    the others only where they still hold what the view saw. Returns units added."""
-    target = view.item.remaining - view.held_units
-    to_spread = target - view.filter_units
+    """Bring the filter to `remaining - held` (a complete view) by increments.
+    Returns the units added (taken when negative): less than the drift when
+    reserves took what was to be taken.
+
+    Lost shards are filled (`SET NX`: once, however many reconcilers fill them)
+    with what the others lack, and nothing else changes: a surplus on the shards
+    left is the owner's confirmed drift repair's to take, so two reconcilers
+    filling at once never both take it."""
+    to_spread = view.item.remaining - view.held_units - view.filter_units
     missing = view.missing
     if missing:
         share = max(to_spread, 0)
+        added = 0
         for index, shard in enumerate(missing):
             units = share // len(missing) + (1 if index < share % len(missing) else 0)
-            await stock.fill(view.item.item_id, shard, units)
-        to_spread -= share
-    levels = _levels(view.shards)
-    for shard, units in spread_plan(levels, to_spread, per_request).items():
-        await stock.adjust(view.item.item_id, shard, units, expect=levels[shard])
-    return target - view.filter_units
+            if await stock.fill(view.item.item_id, shard, units):
+                added += units
+        return added
+    added = 0
+    for shard, units in spread_plan(_levels(view.shards), to_spread, per_request).items():
+        added += await stock.add_units(view.item.item_id, shard, units) or 0
+    return added
 
 
 def _levels(shards: list[ShardSnapshot]) -> dict[int, int]:

@@ -157,13 +157,18 @@ class StockFilter:
         records = {_text(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
         return ShardSnapshot(None if units is None else int(units), records)
 
-    async def adjust(self, item_id: str, shard: int, units: int, expect: int | None = None) -> bool:
-        """Add `units` (may be negative) to a shard that exists; with `expect`, only
-        if the shard still holds that many. False when nothing was changed."""
-        args = [units] if expect is None else [units, expect]
+    async def adjust(self, item_id: str, shard: int, units: int) -> bool:
+        """Add `units` (may be negative) to a shard that exists; False when it is
+        missing. Never takes a shard below zero (adjust.lua)."""
+        return await self.add_units(item_id, shard, units) is not None
+
+    async def add_units(self, item_id: str, shard: int, units: int) -> int | None:
+        """Units added to the shard (negative: taken, at most what it held), or None
+        when the shard is missing."""
+        keys = [stock_key(item_id, shard)]
         async with redis_errors():
-            code, _level = await self.pipe.script(self._adjust, [stock_key(item_id, shard)], args)
-        return int(code) == 1
+            code, _level, added = await self.pipe.script(self._adjust, keys, [units])
+        return None if int(code) == -1 else int(added)
 
     async def fill(self, item_id: str, shard: int, units: int) -> bool:
         """Set a missing shard; False when it exists already."""
