@@ -90,7 +90,7 @@ async def read_views(
     costs what has work to do, not what is in flight)."""
     shard_lists = await asyncio.gather(*(core.stock.snapshot(i) for i in item_ids))
     snapshots = dict(zip(item_ids, shard_lists, strict=True))
-    messages = {item_id: _decode_all(shards) for item_id, shards in snapshots.items()}
+    messages = {item_id: decode_records(shards) for item_id, shards in snapshots.items()}
     async with (
         database_errors(),
         core.pool.acquire() as conn,
@@ -192,7 +192,7 @@ async def apply_item_write(core: CoreResources, written: ItemWrite) -> None:
         await core.stock.adjust(item.item_id, shard, units)
 
 
-def _decode_all(shards: list[ShardSnapshot]) -> list[PurchaseMessage]:
+def decode_records(shards: list[ShardSnapshot]) -> list[PurchaseMessage]:
     messages = []
     for shard in shards:
         for raw in shard.records.values():
