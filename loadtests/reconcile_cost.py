@@ -39,7 +39,8 @@ from services.store.items import write_item
 HISTORY_PURCHASES = 200_000
 RESERVE_CHUNK = 500
 WARM_UP_PASSES = 2
-STALE_S = 10.0
+# Records younger than this are in flight, older ones the republish check's work.
+STALE_S = 600.0
 
 
 async def history(core: CoreResources) -> None:
