@@ -84,11 +84,12 @@ async def measure(
     core: CoreResources, pg_pid: int, redis_pid: int, purchases: int, passes: int, stale: bool
 ) -> dict[str, object]:
     item_id = await in_flight(core, purchases, stale)
-    reconciler = Reconciler(core, None, STALE_S, gate=ApplyGate())
+    gate = ApplyGate()
+    reconciler = Reconciler(core, None, STALE_S, gate=gate)
     for _ in range(WARM_UP_PASSES):
         await reconciler.run_once()
     pg_before, redis_before = tree_cpu_s(pg_pid), own_cpu_s(redis_pid)
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started, cpu_started, gate_started = time.perf_counter(), time.process_time(), gate.exclusive_s
     looked_up = 0
     for _ in range(passes):
         looked_up += (await reconciler.run_once()).looked_up
@@ -103,6 +104,8 @@ async def measure(
         "redis_cpu_ms_per_pass": round(redis_s * 1000 / passes, 2),
         "reconciler_cpu_ms_per_pass": round(cpu_s * 1000 / passes, 2),
         "pass_ms": round(wall_s * 1000 / passes, 2),
+        # How long a consumer's batches wait on this pass (its gate held exclusively).
+        "gate_held_ms_per_pass": round((gate.exclusive_s - gate_started) * 1000 / passes, 2),
         "looked_up_per_pass": looked_up // passes,
     }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 
@@ -25,6 +26,8 @@ class ApplyGate:
         self._applying = 0
         self._exclusive_waiting = 0
         self._exclusive = False
+        # Seconds held exclusively in all: what the reads cost the batches.
+        self.exclusive_s = 0.0
 
     @contextlib.asynccontextmanager
     async def applying(self) -> AsyncIterator[None]:
@@ -52,9 +55,11 @@ class ApplyGate:
                 self._exclusive_waiting -= 1
                 self._changed.notify_all()  # a cancelled wait must not hold batches back
             self._exclusive = True
+        started = time.perf_counter()
         try:
             yield
         finally:
+            self.exclusive_s += time.perf_counter() - started
             async with self._changed:
                 self._exclusive = False
                 self._changed.notify_all()
