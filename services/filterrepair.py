@@ -29,8 +29,8 @@ class FilterView:
 
     Every purchase settled after the Redis snapshot is still in it, and Postgres
     is read in one snapshot, so `sold` and the statuses agree with each other.
-    Statuses are looked up for some records only (`read_views`): `drift` is exact
-    when the view is `complete`.
+    `drift` is exact when every record's status was looked up (`read_views`
+    without `stale_before_ms`).
     """
 
     item: Item
@@ -42,10 +42,6 @@ class FilterView:
     @property
     def final(self) -> dict[str, str]:
         return {pid: status for pid, status in self.statuses.items() if status is not None}
-
-    @property
-    def complete(self) -> bool:
-        return all(m.purchase_id in self.statuses for m in self.messages)
 
     @property
     def missing(self) -> list[int]:
@@ -73,21 +69,14 @@ class FilterView:
         """Units the filter lacks (positive) or holds too many (negative)."""
         return self.item.remaining - self.held_units - self.filter_units
 
-    @property
-    def counted_drift(self) -> int:
-        """The drift if no record's purchase were applied yet: needs no status, and
-        is never above `drift` (an applied record's units are in `sold` too)."""
-        records = sum(m.quantity for m in self.messages)
-        return self.item.remaining - records - self.filter_units
-
 
 async def read_views(
     core: CoreResources, item_ids: list[str], stale_before_ms: int | None = None
 ) -> list[FilterView]:
     """Every item's view; with `stale_before_ms`, statuses only of the records
-    admitted before it and of every record of an item whose counted drift is not
-    zero or whose filter lost a shard (the rest stay out of the lookup: a pass
-    costs what has work to do, not what is in flight)."""
+    admitted before it, and of every record of an item whose filter lost a shard
+    (the rebuild needs them): the others are in flight, and the consumers settle
+    them, so a pass costs what has work to do, not what is in flight."""
     shard_lists = await asyncio.gather(*(core.stock.snapshot(i) for i in item_ids))
     snapshots = dict(zip(item_ids, shard_lists, strict=True))
     messages = {item_id: decode_records(shards) for item_id, shards in snapshots.items()}
@@ -110,9 +99,35 @@ async def read_views(
 
 def _lookups(view: FilterView, stale_before_ms: int | None) -> list[str]:
     """The records of `view` whose status the reader needs."""
-    if stale_before_ms is None or view.missing or view.counted_drift != 0:
+    if stale_before_ms is None or view.missing:
         return [m.purchase_id for m in view.messages]
     return [m.purchase_id for m in view.messages if m.admitted_at_ms < stale_before_ms]
+
+
+async def may_drift(core: CoreResources, item_ids: list[str]) -> list[str]:
+    """The items whose filter may drift, from counts alone: no record is read.
+
+    For an item whose purchases take one unit each (per_user_limit 1), the units
+    its records hold are their number, and `remaining - records - filter` is the
+    drift unless a record's purchase is applied already (its units then in `sold`
+    too). Read while no batch is between its commit and its settle (the gate),
+    such a record is one whose settle failed, and it is settled once stale. An
+    item said not to drift here may still drift (such a record, or a record of
+    several units); it is only looked at later, never repaired wrongly: a repair
+    needs a full view. Items with larger purchases always get one."""
+    counts = await asyncio.gather(*(core.stock.counts(i) for i in item_ids))
+    async with database_errors(), core.pool.acquire() as conn:
+        items = await get_items(conn, item_ids)
+    suspects = []
+    for item_id, shards in zip(item_ids, counts, strict=True):
+        item = items.get(item_id)
+        if item is None or any(shard.units is None for shard in shards):
+            continue  # gone, or a lost shard: the rebuild's
+        units = sum(max(shard.units or 0, 0) for shard in shards)
+        records = sum(shard.records for shard in shards)
+        if item.per_user_limit > 1 or item.remaining - records - units != 0:
+            suspects.append(item_id)
+    return suspects
 
 
 async def repair(stock: StockFilter, view: FilterView, per_request: int) -> int:
