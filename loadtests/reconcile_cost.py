@@ -37,6 +37,8 @@ from services.stockfilter.keys import active_items_key
 from services.store.items import write_item
 
 HISTORY_PURCHASES = 200_000
+# Seconds for writing that history on a busy machine (the pool's default is shorter).
+HISTORY_TIMEOUT_S = 600.0
 RESERVE_CHUNK = 500
 WARM_UP_PASSES = 2
 # Records younger than this are in flight, older ones the republish check's work.
@@ -50,6 +52,7 @@ async def history(core: CoreResources) -> None:
             "INSERT INTO items (item_id, stock, sold) VALUES ('history', $1, $1)"
             " ON CONFLICT DO NOTHING",
             HISTORY_PURCHASES,
+            timeout=HISTORY_TIMEOUT_S,
         )
         await conn.execute(
             "INSERT INTO purchases (purchase_id, user_id, idempotency_key, item_id, quantity,"
@@ -57,6 +60,7 @@ async def history(core: CoreResources) -> None:
             " SELECT 'h' || g, 'u' || g, 'k', 'history', 1, 'confirmed', 0, g, 0, now(),"
             " 'purchases' FROM generate_series(1, $1) AS g ON CONFLICT DO NOTHING",
             HISTORY_PURCHASES,
+            timeout=HISTORY_TIMEOUT_S,
         )
 
 
