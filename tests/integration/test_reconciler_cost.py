@@ -5,6 +5,11 @@ active item, every 2 s in every consumer: in open stock the statement most often
 running. Now a pass asks only about records old enough to be republished (or
 settled, when the consumer that applied them did not), and about every record
 of an item only when its counts disagree with `sold`.
+
+The tests run on a Redis database of their own: the session's live consumers
+reconcile database 0, and would settle, republish and repair under the counts
+these tests make (and these tests' reconcilers, owners of nothing, would read
+the live stack's items as theirs).
 """
 
 from __future__ import annotations
@@ -12,15 +17,29 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
+from collections.abc import AsyncIterator
+
+import pytest
 
 from services.applygate import ApplyGate
 from services.reconciler import Reconciler
-from services.resources import CoreResources
+from services.resources import CoreResources, open_core
 from services.schema import PurchaseMessage
-from services.stockfilter.keys import stock_key
+from services.settings import Settings
+from services.stockfilter.keys import stock_key, swept_key
 from tests.integration.test_admission_review import new_item
 
 IN_FLIGHT = 20
+OWN_REDIS_DB = 1
+
+
+@pytest.fixture
+async def own_core(settings: Settings) -> AsyncIterator[CoreResources]:
+    base, _, _db = settings.redis_url.rpartition("/")
+    async with open_core(settings.replace(redis_url=f"{base}/{OWN_REDIS_DB}")) as core:
+        await core.redis.flushdb()  # only these tests use it: start from nothing
+        await core.redis.set(swept_key(), "1")  # no sweep after a Redis loss here
+        yield core
 
 
 async def reserve_young(core: CoreResources, item_id: str) -> list[PurchaseMessage]:
@@ -56,8 +75,9 @@ async def confirm_in_postgres(core: CoreResources, item_id: str, purchase_id: st
 
 
 async def test_young_records_cost_no_status_lookup_and_stale_ones_are_still_handled(
-    core: CoreResources,
+    own_core: CoreResources,
 ) -> None:
+    core = own_core
     item_id = await new_item(core, 100)
     messages = await reserve_young(core, item_id)
     await confirm_in_postgres(core, item_id, messages[0].purchase_id)
@@ -83,7 +103,10 @@ async def test_young_records_cost_no_status_lookup_and_stale_ones_are_still_hand
     assert report.looked_up == 0 and report.settled == 0 and published == []
 
 
-async def test_only_an_item_whose_counts_disagree_is_read_in_full(core: CoreResources) -> None:
+async def test_only_an_item_whose_counts_disagree_is_read_in_full(
+    own_core: CoreResources,
+) -> None:
+    core = own_core
     quiet_item, drifting_item = await new_item(core, 100), await new_item(core, 100)
     for item_id in (quiet_item, drifting_item):
         await reserve_young(core, item_id)
