@@ -44,6 +44,11 @@ class FilterView:
         return {pid: status for pid, status in self.statuses.items() if status is not None}
 
     @property
+    def unknown(self) -> list[PurchaseMessage]:
+        """Records looked up whose purchase Postgres does not know yet."""
+        return [m for m in self.messages if self.statuses.get(m.purchase_id, "") is None]
+
+    @property
     def missing(self) -> list[int]:
         return [i for i, shard in enumerate(self.shards) if shard.units is None]
 

@@ -182,8 +182,7 @@ class Reconciler:
             await self.core.stock.settle(settle)
             report.settled = len(settle)
         # Only records looked up: the others are younger than `stale_s`.
-        pending = [m for m in view.messages if view.statuses.get(m.purchase_id, "") is None]
-        report.republished = await self._republish_stale(pending)
+        report.republished = await self._republish_stale(view.unknown)
         if (
             not view.messages
             and view.drift == 0
