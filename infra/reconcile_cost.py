@@ -1,6 +1,6 @@
 """What one reconciler pass costs, with N purchases in flight (issue 20 item 3).
 
-    .venv/bin/python -m loadtests.reconcile_cost --in-flight 1000,20000 [--stale]
+    .venv/bin/python -m infra.reconcile_cost --in-flight 1000,20000 [--stale]
 
 Starts its own Postgres and Redis (embedded, free ports), gives Postgres a
 history of applied purchases, reserves N purchases of one item (records in
