@@ -35,7 +35,7 @@ PHANTOM_UNITS = 7
 LACKING_UNITS = 5
 BUYERS = 12
 # The crowd's bounds: it stops at whichever comes first, or when the test ends it.
-CROWD_MAX_PURCHASES = 30_000
+CROWD_MAX_PURCHASES = 100_000
 CROWD_MAX_S = 120.0
 # Purchases admitted before the damage, so the sale is in full swing.
 WARM_UP_PURCHASES = 200
