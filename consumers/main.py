@@ -18,6 +18,7 @@ from consumers.metrics import ConsumerMetrics, metrics_server
 from consumers.relay import RELAY_BATCH, RELAY_IDLE_S, EventRelay, open_event_producer
 from consumers.settle import ConsumerStats
 from consumers.worker import PurchaseConsumer, consumer_name
+from services.applygate import ApplyGate
 from services.errors import FlashsaleError, UnavailableError
 from services.logs import setup_logging
 from services.producer import METADATA_MAX_AGE_MS, PurchaseProducer, open_producer
@@ -108,6 +109,7 @@ async def reconcile_forever(
     stats: ConsumerStats,
     owns: Callable[[str], bool] | None = None,
     metrics: ConsumerMetrics | None = None,
+    gate: ApplyGate | None = None,
 ) -> None:
     """Run reconciler passes until stopped, surviving every failure but a bug.
 
@@ -118,7 +120,7 @@ async def reconcile_forever(
     """
     metrics = metrics if metrics is not None else ConsumerMetrics()
     slot = _ProducerSlot()
-    reconciler = Reconciler(core, slot.publish, settings.reservation_stale_s, owns=owns)
+    reconciler = Reconciler(core, slot.publish, settings.reservation_stale_s, owns=owns, gate=gate)
     backoff_s = settings.reconcile_interval_s
     while not stop.is_set():
         passes_before = stats.reconciler_passes
@@ -228,7 +230,9 @@ async def serve(settings: Settings, tracing: Tracing = NO_TRACING) -> None:
         await prepare(settings, core)
         worker = PurchaseConsumer(settings, core, build_kafka_consumer(settings), metrics, tracing)
         reconciler = asyncio.create_task(
-            reconcile_forever(settings, core, stop, worker.stats, worker.owns_item, metrics)
+            reconcile_forever(
+                settings, core, stop, worker.stats, worker.owns_item, metrics, worker.gate
+            )
         )
         # A reconciler that died of a bug stops the consumer: `await reconciler`
         # below raises it, and the process exits non-zero instead of running on

@@ -22,6 +22,7 @@ from consumers.leasing import PartitionLeases
 from consumers.metrics import ConsumerMetrics
 from consumers.settle import BatchOutcomes, ConsumerStats, return_units, settle_reservations
 from consumers.tracing import TracedRecord, trace_batch
+from services.applygate import ApplyGate
 from services.errors import FencedError, UnavailableError
 from services.failpoints import failpoint
 from services.resources import CoreResources
@@ -67,6 +68,9 @@ class PurchaseConsumer:
         self.leases = PartitionLeases(settings, core, kafka, self.name, self.metrics)
         self._sweep_at = 0.0
         self._partitioner = DefaultPartitioner()
+        # Held from each commit to its settle; this process's reconciler reads drift
+        # exclusively (services.reconciler).
+        self.gate = ApplyGate()
 
     @property
     def kafka(self) -> AIOKafkaConsumer:
@@ -144,6 +148,11 @@ class PurchaseConsumer:
         if epoch is None:
             self._rewind_unleased(tp, first_offset)
             return
+        async with self.gate.applying():
+            await self._apply(tp, epoch, messages)
+
+    async def _apply(self, tp: TopicPartition, epoch: int, messages: list[KafkaRecord]) -> None:
+        first_offset = int(messages[0].offset)
         records = _decode(messages)
         failpoint(self.settings.failpoint, "consumer.before_apply")
         started = time.perf_counter()
@@ -182,20 +191,24 @@ class PurchaseConsumer:
             due = await due_partitions(conn, self.settings.topic, sorted(held))
         for partition in sorted(due):
             epoch = held[partition]
-            lease = Lease(self.settings.topic, partition, epoch, self.name)
-            try:
-                async with database_errors(), self.core.pool.acquire() as conn:
-                    expired = await expire_due(conn, lease)
-            except FencedError as exc:
-                self.stats.fenced += 1
-                if self.leases.epochs.get(partition) == epoch:
-                    log.warning("fenced, stop reading partition %d: %s", partition, exc)
-                    self.leases.leased_elsewhere(TopicPartition(self.settings.topic, partition))
-                continue
-            if expired:
-                log.info("partition %d: %d hold(s) expired", partition, len(expired))
-                self.outcomes.moved_on(EXPIRED, len(expired))
-                await return_units(self.core, expired)
+            async with self.gate.applying():
+                await self._expire(partition, epoch)
+
+    async def _expire(self, partition: int, epoch: int) -> None:
+        lease = Lease(self.settings.topic, partition, epoch, self.name)
+        try:
+            async with database_errors(), self.core.pool.acquire() as conn:
+                expired = await expire_due(conn, lease)
+        except FencedError as exc:
+            self.stats.fenced += 1
+            if self.leases.epochs.get(partition) == epoch:
+                log.warning("fenced, stop reading partition %d: %s", partition, exc)
+                self.leases.leased_elsewhere(TopicPartition(self.settings.topic, partition))
+            return
+        if expired:
+            log.info("partition %d: %d hold(s) expired", partition, len(expired))
+            self.outcomes.moved_on(EXPIRED, len(expired))
+            await return_units(self.core, expired)
 
     def _trace(
         self,

@@ -29,12 +29,24 @@ class FilterView:
 
     Every purchase settled after the Redis snapshot is still in it, and Postgres
     is read in one snapshot, so `sold` and the statuses agree with each other.
+    `drift` is exact when every record's status was looked up (`read_views`
+    without `stale_before_ms`).
     """
 
     item: Item
     shards: list[ShardSnapshot]
     messages: list[PurchaseMessage]
-    final: dict[str, str]
+    # Postgres' status of each record looked up (None: Postgres does not know it yet).
+    statuses: dict[str, str | None]
+
+    @property
+    def final(self) -> dict[str, str]:
+        return {pid: status for pid, status in self.statuses.items() if status is not None}
+
+    @property
+    def unknown(self) -> list[PurchaseMessage]:
+        """Records looked up whose purchase Postgres does not know yet."""
+        return [m for m in self.messages if self.statuses.get(m.purchase_id, "") is None]
 
     @property
     def missing(self) -> list[int]:
@@ -49,11 +61,12 @@ class FilterView:
     def held_units(self) -> int:
         """Units in reservation records not counted in `sold`: in flight, or rejected
         (the settle that drops a rejected record gives its units back itself). A paid
-        purchase's units are in `sold` as a confirmed one's."""
+        purchase's units are in `sold` as a confirmed one's. A record not looked up
+        counts as in flight."""
         return sum(
             m.quantity
             for m in self.messages
-            if self.final.get(m.purchase_id) not in (CONFIRMED, PAID)
+            if self.statuses.get(m.purchase_id) not in (CONFIRMED, PAID)
         )
 
     @property
@@ -62,60 +75,106 @@ class FilterView:
         return self.item.remaining - self.held_units - self.filter_units
 
 
-async def read_views(core: CoreResources, item_ids: list[str]) -> list[FilterView]:
+async def read_views(
+    core: CoreResources, item_ids: list[str], stale_before_ms: int | None = None
+) -> list[FilterView]:
+    """Every item's view; with `stale_before_ms`, statuses only of the records
+    admitted before it, and of every record of an item whose filter lost a shard
+    (the rebuild needs them): the others are in flight, and the consumers settle
+    them, so a pass costs what has work to do, not what is in flight."""
     shard_lists = await asyncio.gather(*(core.stock.snapshot(i) for i in item_ids))
     snapshots = dict(zip(item_ids, shard_lists, strict=True))
-    messages = {item_id: _decode_all(shards) for item_id, shards in snapshots.items()}
-    purchase_ids = [m.purchase_id for ms in messages.values() for m in ms]
+    messages = {item_id: decode_records(shards) for item_id, shards in snapshots.items()}
     async with (
         database_errors(),
         core.pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
         items = await get_items(conn, item_ids)
-        known = await known_statuses(conn, purchase_ids)
+        unlooked = [
+            FilterView(items[i], snapshots[i], messages[i], {}) for i in item_ids if i in items
+        ]
+        wanted = [_lookups(view, stale_before_ms) for view in unlooked]
+        final = await known_statuses(conn, [pid for ids in wanted for pid in ids])
     return [
-        FilterView(
-            items[item_id],
-            snapshots[item_id],
-            messages[item_id],
-            _final_here(item_id, messages[item_id], known),
-        )
-        for item_id in item_ids
-        if item_id in items
+        FilterView(v.item, v.shards, v.messages, _final_here(v.item.item_id, ids, final))
+        for v, ids in zip(unlooked, wanted, strict=True)
     ]
 
 
 def _final_here(
-    item_id: str, messages: list[PurchaseMessage], known: dict[str, KnownStatus]
-) -> dict[str, str]:
-    """The final states of an item's records, as that item sees them. A record of a
-    purchase Postgres holds for another item (one key sent for two items after
-    Redis forgot it) sold nothing here: like a rejected one, its units go back."""
-    final = {}
-    for message in messages:
-        state = known.get(message.purchase_id)
-        if state is not None:
-            final[message.purchase_id] = state.status if state.item_id == item_id else REJECTED
+    item_id: str, purchase_ids: list[str], known: dict[str, KnownStatus]
+) -> dict[str, str | None]:
+    """The final states of an item's looked-up records, as that item sees them. A
+    record of a purchase Postgres holds for another item (one key sent for two
+    items after Redis forgot it) sold nothing here: like a rejected one, its units
+    go back."""
+    final: dict[str, str | None] = {}
+    for purchase_id in purchase_ids:
+        state = known.get(purchase_id)
+        if state is None:
+            final[purchase_id] = None
+        else:
+            final[purchase_id] = state.status if state.item_id == item_id else REJECTED
     return final
 
 
+def _lookups(view: FilterView, stale_before_ms: int | None) -> list[str]:
+    """The records of `view` whose status the reader needs."""
+    if stale_before_ms is None or view.missing:
+        return [m.purchase_id for m in view.messages]
+    return [m.purchase_id for m in view.messages if m.admitted_at_ms < stale_before_ms]
+
+
+async def may_drift(core: CoreResources, item_ids: list[str]) -> list[str]:
+    """The items whose filter may drift, from counts alone: no record is read.
+
+    For an item whose purchases take one unit each (per_user_limit 1), the units
+    its records hold are their number, and `remaining - records - filter` is the
+    drift unless a record's purchase is applied already (its units then in `sold`
+    too). Read while no batch is between its commit and its settle (the gate),
+    such a record is one whose settle failed, and it is settled once stale. An
+    item said not to drift here may still drift (such a record, or a record of
+    several units); it is only looked at later, never repaired wrongly: a repair
+    needs a full view. Items with larger purchases always get one."""
+    counts = await asyncio.gather(*(core.stock.counts(i) for i in item_ids))
+    async with database_errors(), core.pool.acquire() as conn:
+        items = await get_items(conn, item_ids)
+    suspects = []
+    for item_id, shards in zip(item_ids, counts, strict=True):
+        item = items.get(item_id)
+        if item is None or any(shard.units is None for shard in shards):
+            continue  # gone, or a lost shard: the rebuild's
+        units = sum(max(shard.units or 0, 0) for shard in shards)
+        records = sum(shard.records for shard in shards)
+        if item.per_user_limit > 1 or item.remaining - records - units != 0:
+            suspects.append(item_id)
+    return suspects
+
+
 async def repair(stock: StockFilter, view: FilterView, per_request: int) -> int:
-    """Bring the filter to `remaining - held`: fill lost shards, and add the drift to
-    the others only where they still hold what the view saw. Returns units added."""
-    target = view.item.remaining - view.held_units
-    to_spread = target - view.filter_units
+    """Bring the filter to `remaining - held` (a complete view) by increments.
+    Returns the units added (taken when negative): less than the drift when
+    reserves took what was to be taken.
+
+    Lost shards are filled (`SET NX`: once, however many reconcilers fill them)
+    with what the others lack, and nothing else changes: a surplus on the shards
+    left is the owner's confirmed drift repair's to take, so two reconcilers
+    filling at once never both take it."""
+    to_spread = view.item.remaining - view.held_units - view.filter_units
     missing = view.missing
     if missing:
         share = max(to_spread, 0)
+        added = 0
         for index, shard in enumerate(missing):
             units = share // len(missing) + (1 if index < share % len(missing) else 0)
-            await stock.fill(view.item.item_id, shard, units)
-        to_spread -= share
-    levels = _levels(view.shards)
-    for shard, units in spread_plan(levels, to_spread, per_request).items():
-        await stock.adjust(view.item.item_id, shard, units, expect=levels[shard])
-    return target - view.filter_units
+            if await stock.fill(view.item.item_id, shard, units):
+                added += units
+        return added
+    added = 0
+    for shard, units in spread_plan(_levels(view.shards), to_spread, per_request).items():
+        added += await stock.add_units(view.item.item_id, shard, units) or 0
+    return added
 
 
 def _levels(shards: list[ShardSnapshot]) -> dict[int, int]:
@@ -170,7 +229,7 @@ async def apply_item_write(core: CoreResources, written: ItemWrite) -> None:
         await core.stock.adjust(item.item_id, shard, units)
 
 
-def _decode_all(shards: list[ShardSnapshot]) -> list[PurchaseMessage]:
+def decode_records(shards: list[ShardSnapshot]) -> list[PurchaseMessage]:
     messages = []
     for shard in shards:
         for raw in shard.records.values():

@@ -9,7 +9,12 @@ The repairs themselves (a filter read beside Postgres, brought back to what
 Postgres says is left) are services.filterrepair's.
 
 A pass visits only items with work to do: those gateways marked active
-(services/stockfilter/activity.py), a bounded number per pass.
+(services/stockfilter/activity.py), a bounded number per pass; and asks Postgres
+only for the statuses it needs: those of records old enough to be republished
+(or settled: the consumers settle the others), and of every record of an item
+whose counts (units and records per shard, `may_drift`) disagree with `sold`.
+
+Drift repair under load, and why it is exact, is services.driftrepair's.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from services.applygate import ApplyGate
+from services.driftrepair import DriftRepairs
 from services.filterrepair import FilterView, apply_item_write, read_views, repair, spread_plan
 from services.resources import CoreResources
 from services.schema import PurchaseMessage
@@ -40,9 +47,6 @@ __all__ = [
 ]
 
 Publish = Callable[[PurchaseMessage], Awaitable[object]]
-# Passes in a row an idle item's filter must show the same drift before a repair:
-# a sale in progress is never second-guessed.
-IDLE_PASSES = 3
 REPUBLISH_MEMORY_S = 600.0
 # Items looked at per pass: bounds a pass however many items are selling.
 ITEMS_PER_PASS = 500
@@ -57,6 +61,8 @@ class ReconcileReport:
     rebuilt: list[str] = field(default_factory=list)
     visited: int = 0
     forgotten: int = 0
+    # Reservation records whose status was asked of Postgres.
+    looked_up: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.settled or self.republished or self.rebuilt)
@@ -81,6 +87,7 @@ class ReconcileReport:
         self.rebuilt += other.rebuilt
         self.visited += other.visited
         self.forgotten += other.forgotten
+        self.looked_up += other.looked_up
 
 
 @dataclass
@@ -92,15 +99,19 @@ class Reconciler:
     stale_s: float
     # Republish a record at most once per stale period, however long the log lags.
     republished_at: dict[str, float] = field(default_factory=dict)
-    # item -> (filter units, drift) seen by the last passes.
-    idle_drift: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     items_per_pass: int = ITEMS_PER_PASS
     # Which items this process repairs drift of: the owner of the item's partition,
     # so two reconcilers never both apply one repair. None: every item.
     owns: Callable[[str], bool] | None = None
+    # Held exclusively while reading and repairing drift (services.driftrepair).
+    gate: ApplyGate | None = None
     _cursor: int = 0
     # The last item id of a sweep in progress (None: no sweep).
     _sweep_after: str | None = None
+    drift: DriftRepairs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drift = DriftRepairs(self.owns, self.gate)
 
     async def run_once(self) -> ReconcileReport:
         """One step through the active items (a full cycle may take several passes),
@@ -109,7 +120,15 @@ class Reconciler:
         await self._sweep_step(total)
         self._cursor, item_ids = await self.core.activity.scan(self._cursor, self.items_per_pass)
         item_ids = list(dict.fromkeys(item_ids))
-        views = await read_views(self.core, item_ids)
+        stale_before_ms = int((time.time() - self.stale_s) * 1000)
+        views = await read_views(self.core, item_ids, stale_before_ms)
+        total.looked_up += sum(len(view.statuses) for view in views)
+        for view in views:
+            if view.missing:
+                total.add(await self._refill(view))
+        drift = await self.drift.run(self.core, self.drift.candidates(views))
+        total.rebuilt += drift.repaired
+        total.looked_up += drift.looked_up
         for view in views:
             total.add(await self.reconcile(view))
         for unknown in set(item_ids) - {view.item.item_id for view in views}:
@@ -142,37 +161,34 @@ class Reconciler:
                 await self.core.activity.mark(view.item.item_id, force=True)
         self._sweep_after = item_ids[-1]
 
+    async def _refill(self, view: FilterView) -> ReconcileReport:
+        units = await repair(self.core.stock, view, view.item.per_user_limit)
+        log.debug("stock filter of %s refilled from Postgres: %+d units", view.item.item_id, units)
+        return ReconcileReport(rebuilt=[view.item.item_id])
+
     async def reconcile(self, view: FilterView) -> ReconcileReport:
+        """Settle the records of final purchases, republish stale ones, forget an
+        item with nothing left to do."""
         report = ReconcileReport(visited=1)
-        item = view.item
+        final = view.final
         settle = [
             Settlement(
-                m.item_id, m.shard, m.purchase_id, m.quantity, view.final[m.purchase_id] == REJECTED
+                m.item_id, m.shard, m.purchase_id, m.quantity, final[m.purchase_id] == REJECTED
             )
             for m in view.messages
-            if m.purchase_id in view.final
+            if m.purchase_id in final
         ]
         if settle:
             await self.core.stock.settle(settle)
             report.settled = len(settle)
-        pending = [m for m in view.messages if m.purchase_id not in view.final]
-        report.republished = await self._republish_stale(pending)
-        # Settling gave units back since the view was read: repair on a later pass.
-        may_repair = not settle and (self.owns is None or self.owns(item.item_id))
-        if view.missing or (may_repair and self._drift_settled(view)):
-            units = await repair(self.core.stock, view, item.per_user_limit)
-            report.rebuilt.append(item.item_id)
-            # A drift is news; a filter Redis lost is one of many (the pass counts them).
-            level = logging.DEBUG if view.missing else logging.WARNING
-            log.log(
-                level, "stock filter of %s repaired from Postgres: %+d units", item.item_id, units
-            )
-        elif (
+        # Only records looked up: the others are younger than `stale_s`.
+        report.republished = await self._republish_stale(view.unknown)
+        if (
             not view.messages
             and view.drift == 0
-            and await self.core.activity.forget_if_quiet(item.item_id)
+            and await self.core.activity.forget_if_quiet(view.item.item_id)
         ):
-            self.idle_drift.pop(item.item_id, None)
+            self.drift.forget(view.item.item_id)
             report.forgotten = 1
         return report
 
@@ -190,17 +206,6 @@ class Reconciler:
                 self.republished_at[message.purchase_id] = now
                 count += 1
         return count
-
-    def _drift_settled(self, view: FilterView) -> bool:
-        """A drift seen on IDLE_PASSES passes in a row with the filter unchanged."""
-        history = self.idle_drift.setdefault(view.item.item_id, [])
-        history.append((view.filter_units, view.drift))
-        del history[:-IDLE_PASSES]
-        settled = len(history) == IDLE_PASSES and len(set(history)) == 1
-        if settled and view.drift != 0:
-            history.clear()
-            return True
-        return False
 
     def _forget_old_republishes(self) -> None:
         horizon = time.time() - REPUBLISH_MEMORY_S

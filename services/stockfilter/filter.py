@@ -39,6 +39,15 @@ class ShardSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardCount:
+    """One shard at one instant: units (None when Redis lost the shard) and how
+    many reservation records it holds."""
+
+    units: int | None
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
 class Settlement:
     item_id: str
     shard: int
@@ -55,6 +64,7 @@ class StockFilter:
         self._reserve = register(redis, "reserve.lua")
         self._settle = register(redis, "settle.lua")
         self._snapshot = register(redis, "snapshot.lua")
+        self._counts = register(redis, "counts.lua")
         self._adjust = register(redis, "adjust.lua")
         self._fill = register(redis, "fill.lua")
 
@@ -157,13 +167,30 @@ class StockFilter:
         records = {_text(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
         return ShardSnapshot(None if units is None else int(units), records)
 
-    async def adjust(self, item_id: str, shard: int, units: int, expect: int | None = None) -> bool:
-        """Add `units` (may be negative) to a shard that exists; with `expect`, only
-        if the shard still holds that many. False when nothing was changed."""
-        args = [units] if expect is None else [units, expect]
+    async def counts(self, item_id: str) -> list[ShardCount]:
+        """Every shard's units and record count, each shard read atomically."""
+        return list(
+            await asyncio.gather(*(self._shard_count(item_id, s) for s in range(self.shards)))
+        )
+
+    async def _shard_count(self, item_id: str, shard: int) -> ShardCount:
+        keys = [stock_key(item_id, shard), reservations_key(item_id, shard)]
         async with redis_errors():
-            code, _level = await self.pipe.script(self._adjust, [stock_key(item_id, shard)], args)
-        return int(code) == 1
+            units, records = await self.pipe.script(self._counts, keys, [], idempotent=True)
+        return ShardCount(None if units is None else int(units), int(records))
+
+    async def adjust(self, item_id: str, shard: int, units: int) -> bool:
+        """Add `units` (may be negative) to a shard that exists; False when it is
+        missing. Never takes a shard below zero (adjust.lua)."""
+        return await self.add_units(item_id, shard, units) is not None
+
+    async def add_units(self, item_id: str, shard: int, units: int) -> int | None:
+        """Units added to the shard (negative: taken, at most what it held), or None
+        when the shard is missing."""
+        keys = [stock_key(item_id, shard)]
+        async with redis_errors():
+            code, _level, added = await self.pipe.script(self._adjust, keys, [units])
+        return None if int(code) == -1 else int(added)
 
     async def fill(self, item_id: str, shard: int, units: int) -> bool:
         """Set a missing shard; False when it exists already."""

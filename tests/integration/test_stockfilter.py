@@ -92,6 +92,30 @@ async def test_missing_filter_is_reported_not_taken_as_sold_out(stock: StockFilt
     assert result.shard is None and result.missing
 
 
+async def test_a_take_never_leaves_a_shard_below_zero(stock: StockFilter) -> None:
+    """A drift repair takes what a snapshot saw; reserves may have taken part of it
+    since: it takes what is left, and says how much, instead of leaving a debt."""
+    item_id = fresh_id()
+    await stock.set_remaining(item_id, 8)  # 2 per shard
+    assert await stock.add_units(item_id, 0, -5) == -2
+    assert await stock.add_units(item_id, 1, 3) == 3
+    assert await stock.add_units(item_id, 2, -1) == -1
+    assert await stock.shard_levels(item_id) == [0, 5, 1, 2]
+    await stock.redis.delete(stock_key(item_id, 3))
+    assert await stock.add_units(item_id, 3, 1) is None  # missing: the rebuild's
+    assert not await stock.adjust(item_id, 3, 1)
+
+
+async def test_counts_are_units_and_records_per_shard(stock: StockFilter) -> None:
+    item_id = fresh_id()
+    await stock.set_remaining(item_id, 8)
+    for pid in ("p1", "p2"):
+        await stock.reserve(item_id, pid, 1, lambda s, p=pid: message(item_id, p, s), first=1)
+    await stock.redis.delete(stock_key(item_id, 3))
+    counts = await stock.counts(item_id)
+    assert [(c.units, c.records) for c in counts] == [(2, 0), (0, 2), (2, 0), (None, 0)]
+
+
 async def test_idempotency_claim_is_won_once_and_swapped_only_by_its_owner(
     stock: StockFilter,
 ) -> None:
