@@ -16,8 +16,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gateway.errors import Handler
 
 PURCHASES_ROUTE = "/v1/purchases"
-# The limits of gateway/ratelimit.py (its USER, CLIENT, ITEM).
-RATE_LIMIT_KINDS = ("user", "client", "item")
+# The limits of gateway/ratelimit.py (its USER, CLIENT, ITEM, LOOKUP, VIEW).
+RATE_LIMIT_KINDS = ("user", "client", "item", "lookup", "view")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 

@@ -10,10 +10,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admission import Admission
+from gateway.clientaddr import ClientAddresses
 from gateway.dashboard import Dashboard
+from gateway.errors import ApiError
 from gateway.hints import ItemHints
 from gateway.metrics import GatewayMetrics
+from gateway.publicreads import PublicReads
 from gateway.ratelimit import RateLimits
+from gateway.singleflight import CachedView
 from services.producer import PurchaseProducer
 from services.resources import CoreResources
 from services.settings import Settings
@@ -22,6 +26,9 @@ from services.store.notifications import ResultWaiters
 from services.tracing import NO_TRACING, Tracing
 
 READY_CHECK_TIMEOUT_S = 2.0
+# /readyz is public: its checks (a round trip to each service) run at most this
+# often, one run at a time, whatever the number of probes.
+READY_CACHE_S = 0.5
 
 
 @dataclass
@@ -35,9 +42,25 @@ class Gateway:
     waiters: ResultWaiters
     admission: Admission
     dashboard: Dashboard
+    addresses: ClientAddresses
+    public_reads: PublicReads
     tracing: Tracing = NO_TRACING
 
+    def __post_init__(self) -> None:
+        self._readiness = CachedView(self._check_all, READY_CACHE_S)
+
+    async def limit_address(self, request: web.Request, kind: str) -> None:
+        """429 past the per-address limit `kind` (gateway/ratelimit.py), counted."""
+        try:
+            await self.limits.check(kind, self.addresses.of(request))
+        except ApiError:
+            self.metrics.rate_limited.labels(kind).inc()
+            raise
+
     async def readiness(self) -> dict[str, bool]:
+        return await self._readiness.get()
+
+    async def _check_all(self) -> dict[str, bool]:
         names = ("postgres", "redis", "kafka")
         results = await asyncio.gather(
             self._check(self._postgres()), self._check(self._redis()), self._check(self._kafka())
