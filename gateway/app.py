@@ -41,6 +41,7 @@ def create_app(settings: Settings, tracing: Tracing = NO_TRACING) -> web.Applica
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(settings))
+            metrics.watch_pool(lambda: getattr(core.pool, "exhausted", 0))
             producer = await stack.enter_async_context(open_producer(settings, tracing))
             # The dashboard's lag: one broker client for the gateway's life, not one a request.
             offsets = await stack.enter_async_context(open_end_offsets(settings.kafka_bootstrap))
