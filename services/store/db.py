@@ -63,7 +63,7 @@ class DeadlinePool(asyncpg.Pool):
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
         return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
 
-    async def _acquire(self, timeout: float | None) -> Any:
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (asyncpg's own)
         # Every acquire of asyncpg's pool (acquire(), fetch(), execute()...) ends
         # here; its queue holds the connections not in use.
         if self._queue.empty():  # type: ignore[attr-defined]
