@@ -46,17 +46,16 @@ class RateLimits:
 
     def __post_init__(self) -> None:
         self.local = SlidingWindowCounterRateLimiter(self.local_storage)
-        self._items = {
+
+    async def check(self, kind: str, identity: str) -> None:
+        """429 when over the limit; 503 when Redis cannot answer (fail closed, never open)."""
+        item = {
             USER: self.per_user,
             CLIENT: self.per_client,
             ITEM: self.per_item,
             LOOKUP: self.per_lookup,
             VIEW: self.per_view,
-        }
-
-    async def check(self, kind: str, identity: str) -> None:
-        """429 when over the limit; 503 when Redis cannot answer (fail closed, never open)."""
-        item = self._items[kind]
+        }[kind]
         limiter = self.local if kind == VIEW else self.limiter
         try:
             allowed = await limiter.hit(item, kind, identity)
