@@ -17,7 +17,7 @@ from gateway.hints import ItemHints
 from gateway.metrics import GatewayMetrics
 from gateway.publicreads import PublicReads
 from gateway.ratelimit import RateLimits
-from gateway.singleflight import CachedView
+from gateway.singleflight import SingleFlight
 from services.producer import PurchaseProducer
 from services.resources import CoreResources
 from services.settings import Settings
@@ -26,9 +26,6 @@ from services.store.notifications import ResultWaiters
 from services.tracing import NO_TRACING, Tracing
 
 READY_CHECK_TIMEOUT_S = 2.0
-# /readyz is public: its checks (a round trip to each service) run at most this
-# often, one run at a time, whatever the number of probes.
-READY_CACHE_S = 0.5
 
 
 @dataclass
@@ -47,7 +44,11 @@ class Gateway:
     tracing: Tracing = NO_TRACING
 
     def __post_init__(self) -> None:
-        self._readiness = CachedView(self._check_all, READY_CACHE_S)
+        # /readyz is public: one run of its checks (a round trip to each service)
+        # at a time, shared by every probe that arrives meanwhile. Not cached past
+        # that: an answer is never older than the run the request found, so a
+        # service that just died is reported by the next run.
+        self._readiness: SingleFlight[None, dict[str, bool]] = SingleFlight()
 
     async def limit_address(self, request: web.Request, kind: str) -> None:
         """429 past the per-address limit `kind` (gateway/ratelimit.py), counted."""
@@ -58,7 +59,7 @@ class Gateway:
             raise
 
     async def readiness(self) -> dict[str, bool]:
-        return await self._readiness.get()
+        return await self._readiness.run(None, self._check_all)
 
     async def _check_all(self) -> dict[str, bool]:
         names = ("postgres", "redis", "kafka")
