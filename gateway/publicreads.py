@@ -10,6 +10,7 @@ them at a time, and reads of the same item share one query.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from gateway.errors import ApiError
 from gateway.hints import ItemHints
@@ -41,10 +42,11 @@ class PublicReads:
 
     async def _read_item(self, item_id: str) -> Item | None:
         async with self._slots:
+            read_at = time.monotonic()
             try:
                 item = await get_item(self.core.pool, item_id)
             except ItemNotFoundError:
-                self.hints.remember_missing(item_id)
+                self.hints.remember_missing(item_id, read_at)
                 return None
         self.hints.remember_view(item)
         return item
