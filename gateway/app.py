@@ -22,6 +22,7 @@ from services.producer import open_producer
 from services.resources import open_core
 from services.settings import Settings
 from services.stockfilter.returns import returned_units_listener
+from services.store.db import pool_exhaustions
 from services.store.lookup import PurchaseLookup
 from services.store.notifications import result_listener
 from services.topics import open_end_offsets
@@ -41,7 +42,7 @@ def create_app(settings: Settings, tracing: Tracing = NO_TRACING) -> web.Applica
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(settings))
-            metrics.watch_pool(lambda: getattr(core.pool, "exhausted", 0))
+            metrics.watch_pool(lambda: pool_exhaustions(core.pool))
             producer = await stack.enter_async_context(open_producer(settings, tracing))
             # The dashboard's lag: one broker client for the gateway's life, not one a request.
             offsets = await stack.enter_async_context(open_end_offsets(settings.kafka_bootstrap))

@@ -71,6 +71,11 @@ class DeadlinePool(asyncpg.Pool):
         return await super()._acquire(timeout)  # type: ignore[misc]
 
 
+def pool_exhaustions(pool: asyncpg.Pool) -> int:
+    """How many acquires of `pool` found every connection in use (0: not a DeadlinePool)."""
+    return pool.exhausted if isinstance(pool, DeadlinePool) else 0
+
+
 async def _keep_session(_connection: asyncpg.Connection) -> None:
     """No reset query on release (asyncpg still rolls back a transaction left open)."""
 
