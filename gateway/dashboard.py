@@ -1,12 +1,14 @@
 """The live dashboard (api.md `GET /dashboard`): one page and the JSON it polls.
 
-The JSON is built at most once a second per gateway whatever the number of
-viewers (the page is public), from Postgres (items, leases), the broker (end
-offsets) and this gateway's own answer counters. It holds no user data.
+The JSON is built at most once a second per gateway, by one build at a time,
+whatever the number of viewers (the page is public), from Postgres (items,
+leases), the broker (end offsets, through the gateway's one long-lived client)
+and this gateway's own answer counters. It holds no user data.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,13 +17,16 @@ from typing import Any
 from aiohttp import web
 
 from gateway.metrics import GatewayMetrics
+from gateway.singleflight import CachedView
 from services.errors import UnavailableError
 from services.resources import CoreResources
 from services.store.items import recent_items
 from services.store.leases import list_leases
-from services.topics import end_offsets
+from services.topics import EndOffsets
 
 REFRESH_S = 1.0
+# A broker that does not answer leaves the lag column empty, not every viewer waiting.
+END_OFFSETS_TIMEOUT_S = 2.0
 ITEMS_SHOWN = 50
 RATE_STATUSES = (202, 409, 429, 503)
 
@@ -30,27 +35,25 @@ RATE_STATUSES = (202, 409, 429, 503)
 class Dashboard:
     core: CoreResources
     metrics: GatewayMetrics
-    _snapshot: dict[str, Any] | None = None
-    _built_at: float = 0.0
+    offsets: EndOffsets
     _last_counts: dict[int, int] = field(default_factory=dict)
     _last_counted_at: float = field(default_factory=time.monotonic)
 
-    async def snapshot(self) -> dict[str, Any]:
-        now = time.monotonic()
-        if self._snapshot is None or now - self._built_at >= REFRESH_S:
-            self._snapshot = await self._build(now)
-            self._built_at = now
-        return self._snapshot
+    def __post_init__(self) -> None:
+        self._view = CachedView(self._build, REFRESH_S)
 
-    async def _build(self, now: float) -> dict[str, Any]:
+    async def snapshot(self) -> dict[str, Any]:
+        return await self._view.get()
+
+    async def _build(self) -> dict[str, Any]:
+        now = time.monotonic()
         settings = self.core.settings
         items = await recent_items(self.core.pool, ITEMS_SHOWN)
         leases = await list_leases(self.core.pool, settings.topic, settings.partitions)
         try:
-            ends = await end_offsets(
-                settings.kafka_bootstrap, settings.topic, [lease.partition for lease in leases]
-            )
-        except UnavailableError:
+            async with asyncio.timeout(END_OFFSETS_TIMEOUT_S):
+                ends = await self.offsets.of(settings.topic, [lease.partition for lease in leases])
+        except (UnavailableError, TimeoutError):
             ends = {}
         return {
             "at": time.time(),

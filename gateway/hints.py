@@ -6,6 +6,7 @@ for at most its time to live, never a wrong sale (Postgres decides).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ class ItemHints:
     _sold_out: dict[str, float] = field(default_factory=dict)
     _empty_shards: dict[str, tuple[set[int], float]] = field(default_factory=dict)
     _missing: dict[str, float] = field(default_factory=dict)
+    # When each item's hints were last forgotten (an admin write, returned units).
+    _forgotten_at: dict[str, float] = field(default_factory=dict)
     # What GET /v1/items answers: sold and remaining, so cached for a moment only.
     _views: dict[str, tuple[Item, float]] = field(default_factory=dict)
 
@@ -51,12 +54,19 @@ class ItemHints:
         until = self._missing.get(item_id)
         return until is not None and until > time.monotonic()
 
-    def remember_missing(self, item_id: str) -> None:
-        """An unknown id, so a flood of them costs one Postgres query per id and TTL."""
+    def remember_missing(self, item_id: str, read_at: float | None = None) -> None:
+        """An unknown id, so a flood of them costs one Postgres query per id and TTL.
+
+        `read_at`: when the read that found nothing began; forgotten since (the
+        item was written meanwhile), its answer is stale and not remembered."""
+        if read_at is not None and self._forgotten_at.get(item_id, -math.inf) >= read_at:
+            return
         _bound(self._missing)
         self._missing[item_id] = time.monotonic() + self.item_ttl_s
 
     def forget(self, item_id: str) -> None:
+        _bound(self._forgotten_at)
+        self._forgotten_at[item_id] = time.monotonic()
         self._items.pop(item_id, None)
         self._missing.pop(item_id, None)
         self._views.pop(item_id, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from gateway.errors import ApiError
 from gateway.hints import ItemHints
@@ -37,10 +38,11 @@ class ItemReads:
         raise ApiError(404, "item_not_found", f"no item {item_id}")
 
     async def _read_item(self, item_id: str) -> Item | None:
+        read_at = time.monotonic()
         try:
             item = await get_item(self.core.pool, item_id)
         except ItemNotFoundError:
-            self.hints.remember_missing(item_id)
+            self.hints.remember_missing(item_id, read_at)
             return None
         self.hints.remember_item(item)
         return item

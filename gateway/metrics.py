@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from gateway.errors import Handler
 
 PURCHASES_ROUTE = "/v1/purchases"
-# The limits of gateway/ratelimit.py (its USER, CLIENT, ITEM).
-RATE_LIMIT_KINDS = ("user", "client", "item")
+# The limits of gateway/ratelimit.py (its USER, CLIENT, ITEM, LOOKUP, VIEW).
+RATE_LIMIT_KINDS = ("user", "client", "item", "lookup", "view")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -130,6 +132,10 @@ class GatewayMetrics:
         for limit in RATE_LIMIT_KINDS:
             self.rate_limited.labels(limit)
 
+    def watch_pool(self, exhausted: Callable[[], int]) -> None:
+        """Count the Postgres pool's acquires that found no free connection."""
+        self.registry.register(PoolExhaustion(exhausted))
+
     def observe_snapshot(self, snapshot: Mapping[str, Any]) -> None:
         """Copy a dashboard snapshot into the sale-state gauges (old labels dropped)."""
         for gauge in (self.item_stock, self.item_sold, self.item_remaining, self.partition_lag):
@@ -145,6 +151,20 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PoolExhaustion(Collector):
+    """Read at scrape time from the pool (services/store/db.py DeadlinePool)."""
+
+    def __init__(self, exhausted: Callable[[], int]) -> None:
+        self.exhausted = exhausted
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "flashsale_db_pool_exhausted",
+            "Postgres acquires that found every connection of the pool in use and waited",
+            value=self.exhausted(),
+        )
 
 
 def metrics_middleware(metrics: GatewayMetrics) -> Middleware:

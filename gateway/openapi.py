@@ -136,6 +136,11 @@ def _json(schema: str, description: str) -> dict[str, Any]:
     }
 
 
+def _view(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+    """A public view, limited per client address (429)."""
+    return {"get": {"summary": summary, "responses": {**responses, **_errors(429)}}}
+
+
 PATHS: dict[str, Any] = {
     "/v1/items/{item_id}": {
         "put": {
@@ -155,7 +160,7 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "Stock, sold and remaining, from Postgres",
             "parameters": [ITEM_ID],
-            "responses": {"200": _json("Item", "the item"), **_errors(400, 404, 503)},
+            "responses": {"200": _json("Item", "the item"), **_errors(400, 404, 429, 503)},
         },
     },
     "/v1/purchases": {
@@ -206,7 +211,7 @@ PATHS: dict[str, Any] = {
             ],
             "responses": {
                 "200": _json("Purchase", "the purchase"),
-                **_purchase_errors(400, 401, 404, 503),
+                **_purchase_errors(400, 401, 404, 429, 503),
             },
         },
     },
@@ -241,20 +246,14 @@ PATHS: dict[str, Any] = {
         },
     },
     "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-    "/readyz": {
-        "get": {
-            "summary": "Readiness: Redis, Kafka and Postgres answer",
-            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
-        }
-    },
-    "/metrics": {
-        "get": {
-            "summary": "Prometheus metrics",
-            "responses": {
-                "200": {"description": "text exposition format", "content": {"text/plain": {}}}
-            },
-        }
-    },
+    "/readyz": _view(
+        "Readiness: Redis, Kafka and Postgres answer",
+        {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+    ),
+    "/metrics": _view(
+        "Prometheus metrics",
+        {"200": {"description": "text exposition format", "content": {"text/plain": {}}}},
+    ),
     "/openapi.json": {
         "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
     },
@@ -264,12 +263,10 @@ PATHS: dict[str, Any] = {
             "responses": {"200": {"description": "an HTML page", "content": {"text/html": {}}}},
         }
     },
-    "/dashboard.json": {
-        "get": {
-            "summary": "What the dashboard shows, rebuilt at most once a second",
-            "responses": {"200": {"description": "items, rates_per_s, partitions"}},
-        }
-    },
+    "/dashboard.json": _view(
+        "What the dashboard shows, rebuilt at most once a second",
+        {"200": {"description": "items, rates_per_s, partitions"}},
+    ),
 }
 
 

@@ -1,4 +1,7 @@
-"""Rate limits with the `limits` library on Redis: per user, per client address, per item."""
+"""Rate limits with the `limits` library: per user, per client address, per item
+(purchases), per client address on the other public routes (lookups on Redis,
+shared by every gateway; views in this gateway's memory, so /readyz and /metrics
+still answer while Redis is down)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
-from limits.aio.storage import RedisClusterStorage, RedisStorage
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.commands.core import AsyncScript
@@ -25,6 +28,8 @@ from services.stockfilter.keys import limits_prefix
 USER = "user"
 CLIENT = "client"
 ITEM = "item"
+LOOKUP = "lookup"
+VIEW = "view"
 
 
 @dataclass
@@ -34,16 +39,29 @@ class RateLimits:
     per_user: RateLimitItem
     per_client: RateLimitItem
     per_item: RateLimitItem
+    per_lookup: RateLimitItem
+    per_view: RateLimitItem
+    local_storage: MemoryStorage
     owns_client: bool = True
+
+    def __post_init__(self) -> None:
+        self.local = SlidingWindowCounterRateLimiter(self.local_storage)
 
     async def check(self, kind: str, identity: str) -> None:
         """429 when over the limit; 503 when Redis cannot answer (fail closed, never open)."""
-        item = {USER: self.per_user, CLIENT: self.per_client, ITEM: self.per_item}[kind]
+        item = {
+            USER: self.per_user,
+            CLIENT: self.per_client,
+            ITEM: self.per_item,
+            LOOKUP: self.per_lookup,
+            VIEW: self.per_view,
+        }[kind]
+        limiter = self.local if kind == VIEW else self.limiter
         try:
-            allowed = await self.limiter.hit(item, kind, identity)
+            allowed = await limiter.hit(item, kind, identity)
             if allowed:
                 return
-            stats = await self.limiter.get_window_stats(item, kind, identity)
+            stats = await limiter.get_window_stats(item, kind, identity)
         except StorageError as exc:
             raise UnavailableError(f"rate limiter storage: {exc}") from exc
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
@@ -55,6 +73,9 @@ class RateLimits:
         )
 
     async def close(self) -> None:
+        timer = self.local_storage.timer  # its expiry pass, started by a hit
+        if timer is not None and not timer.done():
+            timer.cancel()
         if not self.owns_client:
             return  # the process's shared client: closed where it was opened
         # limits keeps its redis-py client on the bridge; it offers no close of its own.
@@ -143,5 +164,8 @@ def _limits(settings: Settings, storage: RedisStorage, owns_client: bool = True)
         per_user=parse(settings.user_rate),
         per_client=parse(settings.client_rate),
         per_item=parse(settings.item_rate),
+        per_lookup=parse(settings.lookup_rate),
+        per_view=parse(settings.view_rate),
+        local_storage=MemoryStorage(),
         owns_client=owns_client,
     )

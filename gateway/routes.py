@@ -13,6 +13,8 @@ from gateway.auth import require_admin, require_user, require_user_or_admin
 from gateway.dashboard import dashboard_page
 from gateway.errors import ApiError, json_answer
 from gateway.lookups import PENDING, Known, Unknown, not_found, purchase_json
+from gateway.ops import dashboard_json, healthz, metrics, readyz
+from gateway.ratelimit import LOOKUP
 from gateway.state import GATEWAY, Gateway
 from gateway.validation import (
     idempotency_key,
@@ -23,11 +25,12 @@ from gateway.validation import (
     read_json_object,
     wait_seconds,
 )
-from services.errors import ItemNotFoundError, UnavailableError
+from services.errors import UnavailableError
 from services.reconciler import apply_item_write
 from services.schema import PurchaseMessage
+from services.stockfilter.returns import announce_changed
 from services.store.decide import CANCELLED, CONFIRMED, EXPIRED, PAID
-from services.store.items import get_item, write_item
+from services.store.items import write_item
 from services.store.notifications import TooManyWaitsError
 from services.store.purchases import PurchaseRow, get_purchase
 
@@ -49,6 +52,9 @@ async def put_item(request: web.Request) -> web.Response:
     written = await write_item(gw.core.pool, item_id, spec.stock, spec.per_user_limit, spec.terms)
     await apply_item_write(gw.core, written)
     gw.hints.forget(item_id)
+    # The others' hints only expire sooner: a lost message costs a wait, not a sale.
+    with contextlib.suppress(UnavailableError):
+        await announce_changed(gw.core.redis, [item_id])
     return web.json_response(written.item.as_json(), status=201 if written.created else 200)
 
 
@@ -72,7 +78,7 @@ async def _traced_purchase(
         span.set_attribute("flashsale.item_id", item_id)
         try:
             admitted = await gw.admission.purchase(
-                user_id, key, item_id, quantity, request.remote or "unknown"
+                user_id, key, item_id, quantity, gw.addresses.of(request)
             )
         except ApiError as refused:
             span.set_attribute("http.response.status_code", refused.status)
@@ -90,20 +96,17 @@ async def _traced_purchase(
 
 
 async def get_item_handler(request: web.Request) -> web.Response:
-    """Served from a cache a tenth of a second old at most: a flood of reads of one
-    item costs Postgres ten queries a second per gateway, and unknown ids none."""
+    """Served from a cache a tenth of a second old at most, unknown ids from a
+    negative one: a flood of reads of one item costs Postgres ten queries a second
+    per gateway. What the caches do not answer costs the address a lookup."""
     gw = request.app[GATEWAY]
     item_id = path_item_id(request)
     item = gw.hints.view(item_id)
     if item is None:
         if gw.hints.is_missing(item_id):
             raise ApiError(404, "item_not_found", f"no item {item_id}")
-        try:
-            item = await get_item(gw.core.pool, item_id)
-        except ItemNotFoundError:
-            gw.hints.remember_missing(item_id)
-            raise
-        gw.hints.remember_view(item)
+        await gw.limit_address(request, LOOKUP)
+        item = await gw.public_reads.item(item_id)
     return web.json_response(item.as_json())
 
 
@@ -112,7 +115,7 @@ async def post_purchase(request: web.Request) -> web.Response:
     user_id = require_user(request, gw.settings.secret)
     key = idempotency_key(request)
     order = parse_purchase(await read_json_object(request, gw.settings.max_body_bytes))
-    client = request.remote or "unknown"
+    client = gw.addresses.of(request)
     if gw.tracing.enabled:
         admitted = await _traced_purchase(request, gw, user_id, key, order.item_id, order.quantity)
     else:
@@ -136,6 +139,7 @@ async def get_purchase_handler(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     user_id = require_user(request, gw.settings.secret)
     wait_s = min(wait_seconds(request), gw.settings.result_wait_max_s)
+    await gw.limit_address(request, LOOKUP)
     purchase_id = path_purchase_id(request)
     if purchase_id is None:
         raise not_found()
@@ -175,6 +179,8 @@ async def cancel_purchase(request: web.Request) -> web.Response:
     then wait for its owner to apply it. Every retry is safe: a cancel applies once."""
     gw = request.app[GATEWAY]
     caller = require_user_or_admin(request, gw.settings.admin_token, gw.settings.secret)
+    if caller is not None:  # the admin's token is no public caller's
+        await gw.limit_address(request, LOOKUP)
     purchase_id = path_purchase_id(request)
     if purchase_id is None:
         raise not_found()
@@ -244,41 +250,6 @@ async def _apply_and_wait(gw: Gateway, row: PurchaseRow, message: PurchaseMessag
             429, "rate_limited", f"too many waits at once: {exc}", {"Retry-After": "1"}
         ) from exc
     return row
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    checks = await gw.readiness()
-    ready = all(checks.values())
-    body = {
-        "status": "ready" if ready else "not_ready",
-        "checks": {name: "ok" if ok else "down" for name, ok in checks.items()},
-    }
-    if not ready:
-        body["error"] = "unavailable"
-        body["detail"] = "not ready: " + ", ".join(n for n, ok in checks.items() if not ok)
-    return web.json_response(body, status=200 if ready else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    # The sale-state gauges are refreshed at scrape time; without Postgres the
-    # request counters are still worth a scrape.
-    with contextlib.suppress(UnavailableError):
-        gw.metrics.observe_snapshot(await gw.dashboard.snapshot())
-    return web.Response(
-        body=gw.metrics.render(),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
-
-
-async def dashboard_json(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    return web.json_response(await gw.dashboard.snapshot(), headers={"Cache-Control": "no-store"})
 
 
 def add_routes(app: web.Application) -> None:

@@ -10,11 +10,15 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admission import Admission
+from gateway.clientaddr import ClientAddresses
 from gateway.dashboard import Dashboard
+from gateway.errors import ApiError
 from gateway.hints import ItemHints
 from gateway.lookups import PurchaseFinder
 from gateway.metrics import GatewayMetrics
+from gateway.publicreads import PublicReads
 from gateway.ratelimit import RateLimits
+from gateway.singleflight import SingleFlight
 from services.producer import PurchaseProducer
 from services.resources import CoreResources
 from services.settings import Settings
@@ -37,9 +41,29 @@ class Gateway:
     admission: Admission
     dashboard: Dashboard
     finder: PurchaseFinder
+    addresses: ClientAddresses
+    public_reads: PublicReads
     tracing: Tracing = NO_TRACING
 
+    def __post_init__(self) -> None:
+        # /readyz is public: one run of its checks (a round trip to each service)
+        # at a time, shared by every probe that arrives meanwhile. Not cached past
+        # that: an answer is never older than the run the request found, so a
+        # service that just died is reported by the next run.
+        self._readiness: SingleFlight[None, dict[str, bool]] = SingleFlight()
+
+    async def limit_address(self, request: web.Request, kind: str) -> None:
+        """429 past the per-address limit `kind` (gateway/ratelimit.py), counted."""
+        try:
+            await self.limits.check(kind, self.addresses.of(request))
+        except ApiError:
+            self.metrics.rate_limited.labels(kind).inc()
+            raise
+
     async def readiness(self) -> dict[str, bool]:
+        return await self._readiness.run(None, self._check_all)
+
+    async def _check_all(self) -> dict[str, bool]:
         names = ("postgres", "redis", "kafka")
         results = await asyncio.gather(
             self._check(self._postgres()), self._check(self._redis()), self._check(self._kafka())

@@ -8,6 +8,7 @@ carry their unit.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,15 @@ MAX_BODY_BYTES = 4096
 USER_RATE = "20/second"
 CLIENT_RATE = "2000/second"
 ITEM_RATE = "20000/second"
+# Per client address, over every gateway (Redis): the answers of public routes that
+# reach Postgres (GET /v1/purchases/{id}, cancel, GET /v1/items/{id} past its caches).
+# A buyer long-polls once per status change; thousands of buyers behind one NAT stay
+# under it, and an address flooding unknown ids costs Postgres at most this.
+LOOKUP_RATE = "1000/second"
+# Per client address and gateway (in memory, so it answers while Redis is down):
+# /dashboard.json, /metrics, /readyz. A dashboard polls once a second, a scraper
+# every few seconds, a readiness probe every few seconds.
+VIEW_RATE = "100/second"
 DB_POOL_SIZE = 10
 RECONCILE_INTERVAL_S = 2.0
 # A consumer waiting this long for an assignment after a revoke is stuck in a
@@ -95,6 +105,12 @@ class Settings:
     user_rate: str = USER_RATE
     client_rate: str = CLIENT_RATE
     item_rate: str = ITEM_RATE
+    lookup_rate: str = LOOKUP_RATE
+    view_rate: str = VIEW_RATE
+    # Comma-separated CIDRs of the proxies (load balancers) in front of the gateways:
+    # only a peer in one of them is believed when it names the client in
+    # X-Forwarded-For. Empty: the client is the TCP peer, whatever the header says.
+    trusted_proxies: str = ""
     db_pool_size: int = DB_POOL_SIZE
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
     reservation_stale_s: float = RESERVATION_STALE_S
@@ -136,6 +152,19 @@ class Settings:
             raise SettingsError("FLASHSALE_STOCK_SHARDS must be at least 1")
         if self.session_timeout_s <= self.heartbeat_interval_s:
             raise SettingsError("FLASHSALE_SESSION_TIMEOUT_S must exceed the heartbeat interval")
+        self.trusted_networks()
+
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """FLASHSALE_TRUSTED_PROXIES parsed; an address alone is its own /32 or /128."""
+        networks = []
+        for text in self.trusted_proxies.split(","):
+            if not text.strip():
+                continue
+            try:
+                networks.append(ipaddress.ip_network(text.strip(), strict=False))
+            except ValueError as exc:
+                raise SettingsError(f"FLASHSALE_TRUSTED_PROXIES: {exc}") from exc
+        return tuple(networks)
 
     def require_signing_secret(self) -> None:
         """For whatever signs or verifies user tokens: an empty key lets anyone mint any token."""

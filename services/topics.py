@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -38,21 +39,44 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
         await admin.close()
 
 
-async def end_offsets(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
-    """Each partition's end offset (lag = end - the offset stored in its lease)."""
+class EndOffsets:
+    """A long-lived Kafka client that answers partitions' end offsets (lag = end -
+    the offset stored in the lease). A process that asks often keeps one: a
+    client per question is a broker connection per question."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+
+    async def of(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        try:
+            ends = await self._consumer.end_offsets(tps)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise UnavailableError(f"kafka unavailable: {exc!r}") from exc
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+
+@contextlib.asynccontextmanager
+async def open_end_offsets(bootstrap: str) -> AsyncIterator[EndOffsets]:
+    """Started here, stopped at the block's end; UnavailableError if it cannot start."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=ADMIN_TIMEOUT_MS
     )
     try:
-        await consumer.start()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: offset for tp, offset in ends.items()}
-    except (TimeoutError, KafkaError, OSError) as exc:
-        raise UnavailableError(f"kafka unavailable: {exc!r}") from exc
+        try:
+            await consumer.start()
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise UnavailableError(f"kafka unavailable at {bootstrap}: {exc!r}") from exc
+        yield EndOffsets(consumer)
     finally:
         with contextlib.suppress(KafkaError):
             await consumer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    """Each partition's end offset, asked once (the CLI; a gateway keeps an EndOffsets)."""
+    async with open_end_offsets(bootstrap) as reader:
+        return await reader.of(topic, partitions)
 
 
 async def partition_count(bootstrap: str, topic: str) -> int | None:

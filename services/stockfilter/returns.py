@@ -31,6 +31,13 @@ async def announce_returned(redis: RedisClient, item_ids: list[str]) -> None:
             await redis.publish(returns_channel(), item_id)
 
 
+async def announce_changed(redis: RedisClient, item_ids: list[str]) -> None:
+    """An admin wrote these items: every gateway forgets all it cached of them (a
+    listener forgets an item's hints whole on any message), a cached "no such
+    item" above all, which would otherwise answer 404 for a new item a while."""
+    await announce_returned(redis, item_ids)
+
+
 async def _listen_once(
     redis: RedisClient, on_item: Callable[[str], None], stop: asyncio.Event
 ) -> None:

@@ -56,9 +56,24 @@ class DeadlinePool(asyncpg.Pool):
     def __init__(self, *args: Any, acquire_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.acquire_timeout_s = acquire_timeout_s
+        # Acquires that found every connection in use, so waited for one (the
+        # gateway's metrics: a pool its users queue for).
+        self.exhausted = 0
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
         return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (asyncpg's own)
+        # Every acquire of asyncpg's pool (acquire(), fetch(), execute()...) ends
+        # here; its queue holds the connections not in use.
+        if self._queue.empty():  # type: ignore[attr-defined]
+            self.exhausted += 1
+        return await super()._acquire(timeout)  # type: ignore[misc]
+
+
+def pool_exhaustions(pool: asyncpg.Pool) -> int:
+    """How many acquires of `pool` found every connection in use (0: not a DeadlinePool)."""
+    return pool.exhausted if isinstance(pool, DeadlinePool) else 0
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:
