@@ -41,6 +41,9 @@ def final_deadline(
 
 
 def check_keys(run: RunView) -> None:
+    """api.md: "The same user sending the same Idempotency-Key again gets the same
+    purchase_id" (SPLIT_KEY); design.md invariant 2: "A purchase (one user + one
+    idempotency key) is applied at most once" (DOUBLE_APPLY)."""
     answered: dict[tuple[str, str], dict[str, Op]] = defaultdict(dict)
     for op in run.history.of_kind(PURCHASE):
         if op.http_status == 202 and op.purchase_id and op.user and op.key:
@@ -68,6 +71,8 @@ def check_keys(run: RunView) -> None:
 
 
 def check_statuses(run: RunView) -> None:
+    """api.md: "A purchase's status moves only forward" (STATUS_BACKWARDS), and
+    what a client read final is what Postgres holds (STATUS_MISMATCH)."""
     seen: dict[str, list[Op]] = defaultdict(list)
     for op in run.history.of_kind(GET):
         if op.http_status == 200 and op.purchase_id and op.status in RANK:
@@ -107,6 +112,9 @@ def _check_against_row(run: RunView, purchase_id: str, reads: list[Op]) -> None:
 
 
 def check_finals(run: RunView) -> None:
+    """design.md invariant 3: "Every request answered 202 reaches confirmed or
+    rejected within a bound (default 30 s)" (LOST, LATE). The bound is used for
+    lateness only: it excuses no wrong answer."""
     accepted = run.history.accepted()
     first_202 = {
         op.purchase_id: op

@@ -57,8 +57,10 @@ def check_sold_out(run: RunView) -> None:
     counts = run.report.counts
     counts["sold_out rejections"] = sum(len(rows) for rows in refused.values())
     counts["sold_out units"] = sum(row.quantity for rows in refused.values() for row in rows)
+    # Present even when 0, so the run's table says what was explained.
     counts[f"sold_out units explained by a {STOCK_CUT}"] += 0
     counts[f"sold_out units explained by a {DATA_LOSS}"] += 0
+    counts["sold_out units unexplained"] += 0
     for item_id, rows in sorted(refused.items()):
         _judge_item(run, item_id, rows)
 
