@@ -17,7 +17,7 @@ docs/faults.md ("What the checker enforces") cites the sentence each enforces.
   its 202 was answered, answered anything but 202 (409, 422, 429, 503, 404...);
 * CHARGED_AFTER_503: a 503 for a (user, key) whose purchase charged or held
   units (confirmed, paid, cancelled, expired), with no 202 to a request of it
-  invoked after the 503 was answered;
+  invoked after the 503 was answered (a 503 after a 202 is RETRY_REFUSED);
 * STATUS_BACKWARDS: a client saw a purchase's status move backwards (pending
   after final, confirmed then rejected); STATUS_MISMATCH: what a client saw
   final is not what Postgres holds;

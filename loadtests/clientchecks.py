@@ -145,10 +145,11 @@ def check_vanished(run: RunView) -> None:
         if op.http_status != 404 or accepted is None or op.user != accepted.user:
             continue
         if op.invoke_s >= answered_s(accepted):
+            row = run.rows_by_id.get(op.purchase_id or "")
             run.violation(
                 "VANISHED",
                 f"{op.purchase_id}: accepted, then 404 to its owner",
-                [run.op_line(accepted), run.op_line(op)],
+                [run.op_line(accepted), run.op_line(op)] + ([run.row_line(row)] if row else []),
             )
 
 

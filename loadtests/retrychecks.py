@@ -67,14 +67,21 @@ def check_charged_after_503(run: RunView) -> None:
     """api.md, POST /v1/purchases: "503 unavailable when the queue cannot take it
     (nothing stays reserved)". A 503 whose purchase charged (or once held) units,
     with no 202 to a request of the key invoked after the 503 was answered, told
-    its client a falsehood: CHARGED_AFTER_503."""
+    its client a falsehood: CHARGED_AFTER_503. A 503 to a retry of a key already
+    answered 202 is named once, by check_retries, not here."""
     rows: dict[tuple[str, str], list[PurchaseRow]] = defaultdict(list)
     for row in run.snapshot.purchases:
         rows[(row.user_id, row.idempotency_key)].append(row)
     judged = 0
     for pair, ops in run.ops_by_key.items():
         posts = [op for op in ops if op.kind == PURCHASE]
-        refusals = [op for op in posts if op.http_status == 503]
+        accepted = run.first_202.get(pair)
+        # A 503 to a request invoked after a 202 was answered is RETRY_REFUSED's.
+        refusals = [
+            op
+            for op in posts
+            if op.http_status == 503 and (accepted is None or op.invoke_s <= answered_s(accepted))
+        ]
         if not refusals:
             continue
         # Any 503 with no later 202 means the last one has none either.
