@@ -26,10 +26,11 @@ from infra.nemesis import HEAL_BOUND_S, SESSION_TIMEOUT_S, FaultEvent, Nemesis, 
 from infra.netlab import NetLab, NetLabUnavailable
 from infra.stack import EmbeddedStack
 from loadtests.checker import CheckReport, check, final_deadline
+from loadtests.filtercheck import FilterReading, settle_filters
 from loadtests.history import HistoryWriter
 from loadtests.pgsnapshot import await_finals, read_snapshot
 from loadtests.stall import write_stall_report
-from loadtests.workload import BUYERS_PER_S, ITEMS, WorkloadConfig, run_workload
+from loadtests.workload import BUYERS_PER_S, ITEMS, WorkloadConfig, plan_items, run_workload
 from services.settings import Settings
 
 CONSUMERS = 3
@@ -149,8 +150,24 @@ async def _sale(
     missing = await await_finals(stack.settings.database_url, set(accepted), deadline)
     if missing:
         await _report_stall(stack, writer, missing, console)
+    readings = await _quiet_filters(stack, [item.item_id for item in plan_items(config)], console)
     snapshot = await read_snapshot(stack.settings.database_url)
-    return check(writer.history, snapshot)
+    return check(writer.history, snapshot, filter_readings=readings)
+
+
+async def _quiet_filters(
+    stack: EmbeddedStack, item_ids: list[str], console: Console
+) -> list[FilterReading] | None:
+    """Every item's stock filter once the consumers settled and the reconciler had
+    HEAL_BOUND_S to repair drift (the same Redis the stack runs now, also after a
+    whole-stack restart)."""
+    access = stack.stack_file().target().stock_filter
+    if access is None:
+        return None
+    with console.status(f"waiting for {len(item_ids)} stock filters to agree with Postgres"):
+        return await settle_filters(
+            access, stack.settings.database_url, item_ids, timeout_s=HEAL_BOUND_S
+        )
 
 
 async def _until_started(workload: asyncio.Task[None], started: asyncio.Event) -> None:

@@ -1,14 +1,17 @@
 """What every check of the Jepsen-style checker (loadtests.checker) shares: the run
-under check (history, snapshot, fault windows), the violations it finds, and
-the one-line forms of operations, rows and windows its evidence is written in."""
+under check (history, snapshot, fault windows, the stock filter read once the run
+was quiet), the violations it finds, and the one-line forms of operations, rows
+and windows its evidence is written in."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from loadtests.history import PUT_ITEM, FaultWindow, History, Op
+from loadtests.filtercheck import FilterReading
+from loadtests.history import PURCHASE, PUT_ITEM, FaultWindow, History, Op
 from loadtests.pgsnapshot import PurchaseRow, Snapshot
 
 HEAL_BOUND_S = 30.0
@@ -45,14 +48,21 @@ class CheckReport:
 class RunView:
     """One run under check, and the report its checks fill."""
 
-    def __init__(self, history: History, snapshot: Snapshot, bound_s: float = HEAL_BOUND_S):
+    def __init__(
+        self,
+        history: History,
+        snapshot: Snapshot,
+        bound_s: float = HEAL_BOUND_S,
+        filter_readings: list[FilterReading] | None = None,
+    ):
         self.history = history
         self.snapshot = snapshot
         self.bound_s = bound_s
+        # None: the filter was not read (a checker run on a saved history).
+        self.filter_readings = filter_readings
         self.report = CheckReport()
         self.t0 = min((op.invoke_s for op in history.ops), default=0.0)
         self.rows_by_id = {row.purchase_id: row for row in snapshot.purchases}
-        self.windows = [*history.faults, *self._lowering_windows()]
 
     def violation(self, kind: str, detail: str, evidence: Iterable[str] = ()) -> None:
         self.report.violations.append(Violation(kind, detail, tuple(evidence)))
@@ -85,22 +95,31 @@ class RunView:
             f" heal by {window.heal_by_s - self.t0:.2f}"
         )
 
-    def _lowering_windows(self) -> list[FaultWindow]:
-        """An admin write that lowered stock may leave the filter holding more than
-        is left: a window on that item, healed like a fault."""
-        return [
-            FaultWindow(
-                -1 - op.index,
-                "lower_stock",
-                f"op#{op.index}",
-                op.invoke_s,
-                op.complete_s or op.invoke_s,
-                (op.complete_s or op.invoke_s) + self.bound_s,
-                item=op.item,
-            )
-            for op in self.history.of_kind(PUT_ITEM)
-            if op.lowers_stock and op.may_have_applied
-        ]
+    @cached_property
+    def first_202(self) -> dict[tuple[str, str], Op]:
+        """(user, key) -> the 202 answered first to a request of it."""
+        first: dict[tuple[str, str], Op] = {}
+        for op in self.history.of_kind(PURCHASE):
+            if op.http_status == 202 and op.purchase_id and op.user and op.key:
+                pair = (op.user, op.key)
+                known = first.get(pair)
+                if known is None or answered_s(op) < answered_s(known):
+                    first[pair] = op
+        return first
 
-    def in_window(self, item: str, start_s: float, end_s: float) -> bool:
-        return any(w.covers_item(item) and w.overlaps(start_s, end_s) for w in self.windows)
+    @cached_property
+    def ops_by_key(self) -> dict[tuple[str, str], list[Op]]:
+        """(user, key) -> every operation naming it (POSTs and GETs), in history order."""
+        ops: dict[tuple[str, str], list[Op]] = defaultdict(list)
+        for op in self.history.ops:
+            if op.user and op.key:
+                ops[(op.user, op.key)].append(op)
+        return ops
+
+    def ops_of(self, user: str, key: str) -> list[str]:
+        return [self.op_line(op) for op in self.ops_by_key.get((user, key), [])]
+
+
+def answered_s(op: Op) -> float:
+    """When the client had the answer (an op cut short: when it gave up)."""
+    return op.invoke_s if op.complete_s is None else op.complete_s

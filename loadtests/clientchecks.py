@@ -1,13 +1,13 @@
 """The checks on what the clients saw (loadtests.checker): one purchase per key,
 statuses only forward and matching Postgres, every 202 final in time, no
-accepted purchase vanished, no 503 outside a fault."""
+accepted purchase answered 404 to its owner, no 503 outside a fault."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
 
-from loadtests.checkrun import HEAL_BOUND_S, RunView
+from loadtests.checkrun import HEAL_BOUND_S, RunView, answered_s
 from loadtests.history import GET, PURCHASE, FaultWindow, Op
 from loadtests.pgsnapshot import PurchaseRow
 
@@ -41,6 +41,9 @@ def final_deadline(
 
 
 def check_keys(run: RunView) -> None:
+    """api.md: "The same user sending the same Idempotency-Key again gets the same
+    purchase_id" (SPLIT_KEY); design.md invariant 2: "A purchase (one user + one
+    idempotency key) is applied at most once" (DOUBLE_APPLY)."""
     answered: dict[tuple[str, str], dict[str, Op]] = defaultdict(dict)
     for op in run.history.of_kind(PURCHASE):
         if op.http_status == 202 and op.purchase_id and op.user and op.key:
@@ -68,6 +71,8 @@ def check_keys(run: RunView) -> None:
 
 
 def check_statuses(run: RunView) -> None:
+    """api.md: "A purchase's status moves only forward" (STATUS_BACKWARDS), and
+    what a client read final is what Postgres holds (STATUS_MISMATCH)."""
     seen: dict[str, list[Op]] = defaultdict(list)
     for op in run.history.of_kind(GET):
         if op.http_status == 200 and op.purchase_id and op.status in RANK:
@@ -107,6 +112,9 @@ def _check_against_row(run: RunView, purchase_id: str, reads: list[Op]) -> None:
 
 
 def check_finals(run: RunView) -> None:
+    """design.md invariant 3: "Every request answered 202 reaches confirmed or
+    rejected within a bound (default 30 s)" (LOST, LATE). The bound is used for
+    lateness only: it excuses no wrong answer."""
     accepted = run.history.accepted()
     first_202 = {
         op.purchase_id: op
@@ -129,20 +137,25 @@ def check_finals(run: RunView) -> None:
 
 
 def check_vanished(run: RunView) -> None:
-    accepted = run.history.accepted()
+    """api.md, GET /v1/purchases/{id}: "404 for a purchase of another user": its
+    owner gets a 404 never, once the 202 was answered, whatever the faults."""
+    owners = {op.purchase_id: op for op in run.first_202.values()}
     for op in run.history.of_kind(GET):
-        known_since = accepted.get(op.purchase_id or "")
-        if op.http_status != 404 or known_since is None or op.invoke_s < known_since:
+        accepted = owners.get(op.purchase_id or "")
+        if op.http_status != 404 or accepted is None or op.user != accepted.user:
             continue
-        if not run.in_window(op.item or "", op.invoke_s, op.complete_s or op.invoke_s):
+        if op.invoke_s >= answered_s(accepted):
+            row = run.rows_by_id.get(op.purchase_id or "")
             run.violation(
                 "VANISHED",
-                f"{op.purchase_id}: accepted, then 404 to its owner outside any fault",
-                [run.op_line(op)],
+                f"{op.purchase_id}: accepted, then 404 to its owner",
+                [run.op_line(accepted), run.op_line(op)] + ([run.row_line(row)] if row else []),
             )
 
 
 def check_unavailable(run: RunView) -> None:
+    """api.md: "503 unavailable when the queue cannot take it": a fault, or the
+    time the design gives the system to heal after one (HEAL_BOUND_S)."""
     faults = run.history.faults
     stuck = [
         op

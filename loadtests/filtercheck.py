@@ -1,5 +1,6 @@
 """After a run: every unit a cancel or an expiry returned was sold again or is back
-in the stock filter (design.md, "The sale's lifecycle").
+in the stock filter (design.md, "The sale's lifecycle"), and after a chaos run no
+unit leaked from the filter nor was invented in it (`settle_filters`).
 
 It reads Redis by the filter's key names and Postgres with the checker's own
 SQL (invariants.sql), not through the stock filter or the store it checks.
@@ -7,11 +8,12 @@ SQL (invariants.sql), not through the stock filter or the store it checks.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import asyncpg
 
-from loadtests.lifecycle import QUERIES, poll
+from loadtests.lifecycle import POLL_S, QUERIES, poll
 from loadtests.target import FilterAccess
 from services.schema import MessageError, PurchaseMessage
 from services.stockfilter.client import RedisClient, close_redis, open_redis
@@ -99,6 +101,35 @@ async def check_filter(
     finally:
         await close_redis(redis)
     return readings
+
+
+async def settle_filters(
+    access: FilterAccess, database_url: str, item_ids: list[str], timeout_s: float
+) -> list[FilterReading]:
+    """Read every item's filter until all agree with Postgres or `timeout_s` passed
+    (one deadline for all, not one per item); the last reading of each item.
+
+    A reconciler repairs a drift only after some idle passes, so a drift may be
+    seen for a while after the run went quiet; one that outlives the deadline is
+    a unit leaked or invented."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    redis = open_redis(access.redis_url, access.redis_cluster)
+    conn = await asyncpg.connect(database_url)
+    readings: dict[str, FilterReading] = {}
+    try:
+        waiting = list(item_ids)
+        while True:
+            for item_id in waiting:
+                readings[item_id] = await read_filter(redis, conn, item_id, access.shards)
+            waiting = [item_id for item_id in waiting if not readings[item_id].agrees]
+            if not waiting or loop.time() >= deadline:
+                break
+            await asyncio.sleep(POLL_S)
+    finally:
+        await conn.close()
+        await close_redis(redis)
+    return [readings[item_id] for item_id in item_ids]
 
 
 def _drift_violation(reading: FilterReading) -> str | None:

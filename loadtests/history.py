@@ -81,8 +81,9 @@ class FaultWindow:
     """A fault from its first effect (`start_s`) to its repair (`end_s`).
 
     `heal_by_s` is the end plus the bound the design gives the system to become
-    whole again: until then, a purchase may legitimately be slow or rejected
-    `sold_out` by a filter that admitted too many.
+    whole again: until then a purchase may be slow (LATE) and a request may be
+    answered 503 (UNAVAILABLE). It excuses no wrong answer: a `sold_out` after a
+    fault is judged by count (loadtests.soldout), not by this time.
     """
 
     index: int
@@ -91,7 +92,7 @@ class FaultWindow:
     start_s: float
     end_s: float
     heal_by_s: float
-    # an admin write that lowered an item's stock is a window on that item only
+    # a window on one item only (None: every item); the nemesis writes none
     item: str | None = None
 
     def overlaps(self, start_s: float, end_s: float) -> bool:
