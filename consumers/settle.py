@@ -16,7 +16,7 @@ from services.resources import CoreResources
 from services.stockfilter.filter import Settlement
 from services.stockfilter.returns import announce_returned
 from services.store.batch import BatchResult
-from services.store.decide import CANCELLED, EXPIRED, PAID, REJECTED, Target
+from services.store.decide import CANCELLED, EXPIRED, PAID, REJECTED, Target, returns_units
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,15 @@ class BatchOutcomes:
 async def settle_reservations(core: CoreResources, result: BatchResult) -> None:
     """Drop the batch's reservation records; a duplicate copy gives its units back:
     its reservation (if it still has one) is a second one, made by a retry after
-    Redis forgot the first."""
+    Redis forgot the first. A rejection gives them back unless it was sold_out
+    (services.store.decide.returns_units)."""
     settlements = [
         Settlement(
             d.record.message.item_id,
             d.record.message.shard,
             d.record.message.purchase_id,
             d.record.message.quantity,
-            give_back=d.duplicate or d.status == REJECTED,
+            give_back=d.duplicate or returns_units(d.status, d.reason),
         )
         for d in result.decisions.decisions
     ]

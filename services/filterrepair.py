@@ -16,11 +16,15 @@ from services.resources import CoreResources
 from services.schema import MessageError, PurchaseMessage
 from services.stockfilter.filter import ShardSnapshot, StockFilter
 from services.store.db import database_errors
-from services.store.decide import CONFIRMED, PAID, REJECTED
+from services.store.decide import CONFIRMED, PAID, REJECTED, returns_units
 from services.store.items import Item, ItemWrite, get_items
 from services.store.purchases import KnownStatus, known_statuses
 
 log = logging.getLogger(__name__)
+
+# A record's state in a FilterView when its purchase was rejected sold_out: final,
+# and its units do not go back (they are the filter's excess: returns_units).
+EXCESS = "rejected_excess"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +64,14 @@ class FilterView:
     @property
     def held_units(self) -> int:
         """Units in reservation records not counted in `sold`: in flight, or rejected
-        (the settle that drops a rejected record gives its units back itself). A paid
+        (the settle that drops a rejected record gives its units back itself; not
+        one rejected sold_out, whose units are the filter's excess). A paid
         purchase's units are in `sold` as a confirmed one's. A record not looked up
         counts as in flight."""
         return sum(
             m.quantity
             for m in self.messages
-            if self.statuses.get(m.purchase_id) not in (CONFIRMED, PAID)
+            if self.statuses.get(m.purchase_id) not in (CONFIRMED, PAID, EXCESS)
         )
 
     @property
@@ -97,12 +102,12 @@ async def read_views(
         wanted = [_lookups(view, stale_before_ms) for view in unlooked]
         final = await known_statuses(conn, [pid for ids in wanted for pid in ids])
     return [
-        FilterView(v.item, v.shards, v.messages, _final_here(v.item.item_id, ids, final))
+        FilterView(v.item, v.shards, v.messages, view_statuses(v.item.item_id, ids, final))
         for v, ids in zip(unlooked, wanted, strict=True)
     ]
 
 
-def _final_here(
+def view_statuses(
     item_id: str, purchase_ids: list[str], known: dict[str, KnownStatus]
 ) -> dict[str, str | None]:
     """The final states of an item's looked-up records, as that item sees them. A
@@ -114,8 +119,12 @@ def _final_here(
         state = known.get(purchase_id)
         if state is None:
             final[purchase_id] = None
+        elif state.item_id != item_id:
+            final[purchase_id] = REJECTED
+        elif state.status == REJECTED and not returns_units(state.status, state.reason):
+            final[purchase_id] = EXCESS
         else:
-            final[purchase_id] = state.status if state.item_id == item_id else REJECTED
+            final[purchase_id] = state.status
     return final
 
 

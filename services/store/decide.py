@@ -15,6 +15,22 @@ EXPIRED = "expired"
 # Statuses whose units go back on sale when a confirmed purchase reaches them.
 RETURNING = (CANCELLED, EXPIRED)
 SOLD_OUT = "sold_out"
+
+
+def returns_units(status: str, reason: str | None) -> bool:
+    """Whether a decided purchase's reserved units go back on sale.
+
+    A rejected purchase's do (a per-user limit, a copy for another item), except
+    one rejected sold_out: the filter admitted more than Postgres had left (a stock
+    cut while purchases were in flight, a filter rebuilt after Redis lost
+    records), so its units are the excess. Given back, they would be phantom
+    units that every later buyer is admitted for and then rejected sold_out
+    (docs/faults.md, fourth round). A filter left short by this is refilled by
+    the drift repair (services/driftrepair.py); one holding phantoms is not.
+    """
+    return status == REJECTED and reason != SOLD_OUT
+
+
 PER_USER_LIMIT = "per_user_limit"
 UNKNOWN_ITEM = "unknown_item"
 

@@ -51,6 +51,7 @@ class KnownStatus:
 
     item_id: str
     status: str
+    reason: str | None = None
 
 
 async def known_statuses(
@@ -58,7 +59,10 @@ async def known_statuses(
 ) -> dict[str, KnownStatus]:
     async with database_errors():
         rows = await conn.fetch(query("known_purchases"), purchase_ids)
-    return {row["purchase_id"]: KnownStatus(row["item_id"], row["status"]) for row in rows}
+    return {
+        row["purchase_id"]: KnownStatus(row["item_id"], row["status"], row["reason"])
+        for row in rows
+    }
 
 
 async def item_counts(pool: asyncpg.Pool, item_id: str) -> dict[str, tuple[int, int]]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from services.filterrepair import FilterView, decode_records
+from services.filterrepair import FilterView, decode_records, view_statuses
 from services.resources import CoreResources
 from services.stockfilter.keys import stock_key
 from services.store.items import get_items
@@ -85,10 +85,10 @@ async def drift_bracket(core: CoreResources, item_id: str) -> tuple[int, int]:
         after = (await get_items(conn, [item_id]))[item_id]
         statuses_after = await known_statuses(conn, ids)
     # A record Postgres does not know counts as in flight (held).
-    seen_before = {pid: known.status for pid, known in statuses_before.items()}
-    seen_after = {pid: known.status for pid, known in statuses_after.items()}
-    high = FilterView(before, shards, messages, dict(seen_before)).drift
-    low = FilterView(after, shards, messages, dict(seen_after)).drift
+    seen_before = view_statuses(item_id, ids, statuses_before)
+    seen_after = view_statuses(item_id, ids, statuses_after)
+    high = FilterView(before, shards, messages, seen_before).drift
+    low = FilterView(after, shards, messages, seen_after).drift
     return low, high
 
 

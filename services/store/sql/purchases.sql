@@ -3,7 +3,7 @@ SELECT purchase_id, user_id, item_id, quantity, status, reason, pay_by
 FROM purchases WHERE purchase_id = $1;
 
 -- name: known_purchases
-SELECT purchase_id, item_id, status FROM purchases WHERE purchase_id = ANY($1::text[]);
+SELECT purchase_id, item_id, status, reason FROM purchases WHERE purchase_id = ANY($1::text[]);
 
 -- name: confirmed_totals
 -- Units each (user, item) pair already holds, for the per-user limit: a paid
