@@ -1,9 +1,9 @@
 """`flashsale chaos`: a sale under a seeded, replayable schedule of faults, checked
 the way Jepsen checks databases (design.md, "Testing like an adversary").
 
-The workload (loadtests.workload) records every client operation in a history;
+The workload (loadtests.chaos.workload) records every client operation in a history;
 the nemesis (infra.nemesis) injects faults and records their windows in the same
-history; the checker (loadtests.checker) reads the history and Postgres and names
+history; the checker (loadtests.chaos.checker) reads the history and Postgres and names
 every violation. The history stays in the run's folder under the state folder.
 """
 
@@ -25,12 +25,12 @@ from infra.lifecycle import stack_lifecycle
 from infra.nemesis import HEAL_BOUND_S, SESSION_TIMEOUT_S, FaultEvent, Nemesis, schedule
 from infra.netlab import NetLab, NetLabUnavailable
 from infra.stack import EmbeddedStack
-from loadtests.checker import CheckReport, check, final_deadline
-from loadtests.filtercheck import FilterReading, settle_filters
-from loadtests.history import HistoryWriter
-from loadtests.pgsnapshot import await_finals, read_snapshot
-from loadtests.stall import write_stall_report
-from loadtests.workload import BUYERS_PER_S, ITEMS, WorkloadConfig, plan_items, run_workload
+from loadtests.chaos.checker import CheckReport, check, final_deadline
+from loadtests.chaos.history import HistoryWriter
+from loadtests.chaos.pgsnapshot import await_finals, read_snapshot
+from loadtests.chaos.stall import write_stall_report
+from loadtests.chaos.workload import BUYERS_PER_S, ITEMS, WorkloadConfig, plan_items, run_workload
+from loadtests.checks.filtercheck import FilterReading, settle_filters
 from services.settings import Settings
 
 CONSUMERS = 3

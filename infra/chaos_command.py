@@ -15,8 +15,8 @@ from rich.console import Console
 from infra.chaos import ChaosOptions, run_chaos
 from infra.cli_options import state_dir_option
 from infra.faults import FAULTS as CHAOS_FAULTS
-from loadtests.workload import BUYERS_PER_S as CHAOS_BUYERS_PER_S
-from loadtests.workload import ITEMS as CHAOS_ITEMS
+from loadtests.chaos.workload import BUYERS_PER_S as CHAOS_BUYERS_PER_S
+from loadtests.chaos.workload import ITEMS as CHAOS_ITEMS
 
 
 @click.command()

@@ -34,11 +34,11 @@ from infra.demo_lifecycle import (
 )
 from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
-from loadtests.admin import create_item
-from loadtests.invariants import InvariantReport
-from loadtests.sale import SaleOutcome, run_sale
-from loadtests.salecheck import SaleExpectations, check_sale
-from loadtests.target import Target
+from loadtests.checks.invariants import InvariantReport
+from loadtests.checks.salecheck import SaleExpectations, check_sale
+from loadtests.sale.admin import create_item
+from loadtests.sale.sale import SaleOutcome, run_sale
+from loadtests.sale.target import Target
 from services.settings import Settings
 
 DEMO_ITEM = "sku-demo"

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
-from loadtests.admin import admin_headers
-from loadtests.sale import SaleOutcome, run_sale
-from loadtests.target import Target
+from loadtests.sale.admin import admin_headers
+from loadtests.sale.sale import SaleOutcome, run_sale
+from loadtests.sale.target import Target
 from services.tokens import issue_token
 
 TIMEOUT = aiohttp.ClientTimeout(total=30)

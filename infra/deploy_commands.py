@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from loadtests.sale import SaleOutcome
-    from loadtests.target import Target
+    from loadtests.sale.sale import SaleOutcome
+    from loadtests.sale.target import Target
 
 EXIT_FAILED = 1
 
@@ -64,8 +64,8 @@ def sale(url: str, buyers: int, stock: int, item_id: str) -> None:
     the buyers' tokens) and FLASHSALE_DATABASE_URL (the invariant check reads
     Postgres). Exit 0 when every accepted purchase is final and nothing oversold.
     """
-    from loadtests.invariants import check_invariants  # noqa: PLC0415
-    from loadtests.target import Target  # noqa: PLC0415
+    from loadtests.checks.invariants import check_invariants  # noqa: PLC0415
+    from loadtests.sale.target import Target  # noqa: PLC0415
     from services.settings import Settings  # noqa: PLC0415
 
     settings = Settings.from_env()
@@ -94,8 +94,8 @@ def sale(url: str, buyers: int, stock: int, item_id: str) -> None:
 async def _create_and_run(target: Target, item_id: str, buyers: int, stock: int) -> SaleOutcome:
     import aiohttp  # noqa: PLC0415
 
-    from loadtests.admin import create_item  # noqa: PLC0415
-    from loadtests.sale import run_sale  # noqa: PLC0415
+    from loadtests.sale.admin import create_item  # noqa: PLC0415
+    from loadtests.sale.sale import run_sale  # noqa: PLC0415
 
     async with aiohttp.ClientSession() as session:
         await create_item(session, target, item_id, stock)

@@ -21,10 +21,10 @@ from rich.table import Table
 
 from infra.failure import print_failure
 from infra.stackfile import StackFile
-from loadtests.plans import DEFAULT_DURATION_S, DEFAULT_USERS
-from loadtests.runner import LoadtestError, LoadtestSummary, run_loadtest
+from loadtests.loadtest.plans import DEFAULT_DURATION_S, DEFAULT_USERS
+from loadtests.loadtest.runner import LoadtestError, LoadtestSummary, run_loadtest
+from loadtests.sale.target import Target
 from loadtests.scenarios import SCENARIOS
-from loadtests.target import Target
 from services.errors import StackNotRunningError
 
 EXIT_VIOLATION = 1

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from infra.faults import FAULTS, NETWORK_FAULTS, FaultInjector
 from infra.netlab import SLOW_RATE
-from loadtests.history import FaultWindow, HistoryWriter
+from loadtests.chaos.history import FaultWindow, HistoryWriter
 from services.errors import FlashsaleError
 
 # A pause longer than the session timeout, so the partitions really move.

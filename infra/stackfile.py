@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from infra.embedded.proc import pid_alive, process_identity, same_process
-from loadtests.target import EventsAccess, FilterAccess, Target
+from loadtests.sale.target import EventsAccess, FilterAccess, Target
 from services.errors import FlashsaleError, StackNotRunningError
 from services.settings import Settings
 

@@ -14,7 +14,7 @@ from loadtests.bench.cpu import CpuMeter, Parts, SystemProcesses
 from loadtests.bench.loadgen import LoadClients, LoadPlan, LoadResult
 from loadtests.bench.runs import ADMITTED, SystemRun
 from loadtests.bench.systems import SaleSystem
-from loadtests.target import Target
+from loadtests.sale.target import Target
 
 Progress = Callable[[str], None]
 

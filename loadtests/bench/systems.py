@@ -10,9 +10,9 @@ from typing import Protocol
 import aiohttp
 import asyncpg
 
-from loadtests.admin import ItemNotCreatedError, create_item
 from loadtests.bench.errors import BenchError
-from loadtests.target import Target
+from loadtests.sale.admin import ItemNotCreatedError, create_item
+from loadtests.sale.target import Target
 from services.store.items import get_item
 from services.store.purchases import item_counts
 

@@ -1,4 +1,4 @@
-"""Locust flash-sale scenarios, one locustfile each, run by `loadtests.runner`.
+"""Locust flash-sale scenarios, one locustfile each, run by `loadtests.loadtest.runner`.
 
 This package's own modules stay free of asyncio and of flashsale's services
 other than `services.tokens`: the locustfiles run in a gevent-patched process.

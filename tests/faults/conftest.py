@@ -14,10 +14,10 @@ import pytest
 
 from infra.faults import FaultInjector
 from infra.stack import EmbeddedStack
-from loadtests.admin import create_item
-from loadtests.faultcheck import FaultReport, check_fault_run
-from loadtests.target import Target
-from loadtests.traffic import TrafficOutcome, run_traffic
+from loadtests.checks.faultcheck import FaultReport, check_fault_run
+from loadtests.sale.admin import create_item
+from loadtests.sale.target import Target
+from loadtests.sale.traffic import TrafficOutcome, run_traffic
 from services.settings import Settings
 from tests.conftest import fresh_id
 

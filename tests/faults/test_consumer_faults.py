@@ -9,8 +9,8 @@ import signal
 
 from infra.embedded.proc import pid_alive
 from infra.stack import wait_for_consumers
-from loadtests.faultcheck import check_fault_run
-from loadtests.traffic import run_traffic
+from loadtests.checks.faultcheck import check_fault_run
+from loadtests.sale.traffic import run_traffic
 from services.resources import open_core
 from services.store.leases import list_leases
 from tests.conftest import wait_for

@@ -12,8 +12,8 @@ import pytest
 
 from infra.embedded.proc import free_port, kill_pid, pid_alive
 from infra.processes import start_gateway
-from loadtests.faultcheck import check_fault_run
-from loadtests.traffic import run_traffic
+from loadtests.checks.faultcheck import check_fault_run
+from loadtests.sale.traffic import run_traffic
 from services.failpoints import CONSUMER_POINTS, GATEWAY_POINTS
 from services.resources import open_core
 from services.tokens import issue_token

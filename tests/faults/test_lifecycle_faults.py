@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from infra.embedded.proc import kill_pid, pid_alive
-from loadtests.faultcheck import check_fault_run
-from loadtests.traffic import run_traffic
+from loadtests.checks.faultcheck import check_fault_run
+from loadtests.sale.traffic import run_traffic
 from services.eventlog import EventReader
 from services.failpoints import CONSUMER_POINTS
 from services.resources import open_core

@@ -19,8 +19,8 @@ import pytest
 from infra.faults import FaultInjector
 from infra.netlab import NetLab, NetLabUnavailable
 from infra.stack import EmbeddedStack
-from loadtests.faultcheck import check_fault_run
-from loadtests.traffic import run_traffic
+from loadtests.checks.faultcheck import check_fault_run
+from loadtests.sale.traffic import run_traffic
 from services.resources import open_core
 from services.store.leases import list_leases
 from tests.conftest import wait_for

@@ -21,7 +21,7 @@ import consumers.logcheck as logcheck_module
 import consumers.worker as worker_module
 from consumers.leasing import LeaseListener
 from consumers.worker import PurchaseConsumer
-from loadtests.stall import partition_of
+from loadtests.chaos.stall import partition_of
 from services.errors import UnavailableError
 from services.producer import PurchaseProducer, open_producer
 from services.resources import CoreResources

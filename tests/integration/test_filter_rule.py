@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.checker import check
-from loadtests.filtercheck import settle_filters
-from loadtests.history import History
-from loadtests.pgsnapshot import REQUIRED_CONSTRAINTS, ItemRow, Snapshot
-from loadtests.target import FilterAccess
+from loadtests.chaos.checker import check
+from loadtests.chaos.history import History
+from loadtests.chaos.pgsnapshot import REQUIRED_CONSTRAINTS, ItemRow, Snapshot
+from loadtests.checks.filtercheck import settle_filters
+from loadtests.sale.target import FilterAccess
 from services.resources import CoreResources
 from services.stockfilter.keys import stock_key
 from services.store.items import upsert_item

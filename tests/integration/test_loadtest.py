@@ -20,11 +20,11 @@ import asyncpg
 import pytest
 
 from infra.stackfile import StackFile
-from loadtests.filtercheck import check_filter
-from loadtests.lifecycle import check_events
-from loadtests.salecheck import SaleExpectations, check_sale
-from loadtests.target import EventsAccess, FilterAccess
-from loadtests.topiccheck import check_topic
+from loadtests.checks.filtercheck import check_filter
+from loadtests.checks.lifecycle import check_events
+from loadtests.checks.salecheck import SaleExpectations, check_sale
+from loadtests.checks.topiccheck import check_topic
+from loadtests.sale.target import EventsAccess, FilterAccess
 from services.stockfilter.client import close_redis, open_redis
 from services.stockfilter.keys import stock_key
 from services.tokens import issue_token

@@ -7,10 +7,10 @@ import uuid
 
 import aiohttp
 
-from loadtests.admin import create_item
-from loadtests.invariants import check_invariants
-from loadtests.sale import run_sale
-from loadtests.target import Target
+from loadtests.checks.invariants import check_invariants
+from loadtests.sale.admin import create_item
+from loadtests.sale.sale import run_sale
+from loadtests.sale.target import Target
 from tests.conftest import fresh_id, wait_for
 from tests.integration.conftest import LiveStack
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from loadtests.filtercheck import FilterReading
-from loadtests.history import GET, PURCHASE, PUT_ITEM, FaultWindow, History, Op
-from loadtests.pgsnapshot import REQUIRED_CONSTRAINTS, ItemRow, PurchaseRow, Snapshot
+from loadtests.chaos.history import GET, PURCHASE, PUT_ITEM, FaultWindow, History, Op
+from loadtests.chaos.pgsnapshot import REQUIRED_CONSTRAINTS, ItemRow, PurchaseRow, Snapshot
+from loadtests.checks.filtercheck import FilterReading
 
 T0 = 1_000_000.0
 ERRORS = {503: "unavailable", 409: "sold_out", 0: "no_answer"}

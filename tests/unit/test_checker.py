@@ -8,10 +8,10 @@ from pathlib import Path
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from loadtests.checker import check, final_deadline
-from loadtests.history import GET, PURCHASE, FaultWindow, HistoryWriter, read_history
-from loadtests.pgsnapshot import ItemRow
-from loadtests.stall import partition_of
+from loadtests.chaos.checker import check, final_deadline
+from loadtests.chaos.history import GET, PURCHASE, FaultWindow, HistoryWriter, read_history
+from loadtests.chaos.pgsnapshot import ItemRow
+from loadtests.chaos.stall import partition_of
 from tests.unit.checkerbuild import T0, Run, reading, refused, row
 
 

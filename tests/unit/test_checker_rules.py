@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from loadtests.checker import CheckReport, check
-from loadtests.client import NO_ANSWER
-from loadtests.soldout import assign
+from loadtests.chaos.checker import CheckReport, check
+from loadtests.chaos.soldout import assign
+from loadtests.sale.client import NO_ANSWER
 from tests.unit.checkerbuild import Run, reading, refused, row
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.filtercheck import FilterReading
-from loadtests.locust_stats import (
+from loadtests.checks.filtercheck import FilterReading
+from loadtests.loadtest.locust_stats import (
     EndpointStats,
     combine,
     load_stats,
@@ -15,8 +15,8 @@ from loadtests.locust_stats import (
     percentile_ms,
     save_stats,
 )
-from loadtests.plans import DEFAULT_USERS, MULTI_ITEM_COUNT, plan_items
-from loadtests.runner import answer_violations
+from loadtests.loadtest.plans import DEFAULT_USERS, MULTI_ITEM_COUNT, plan_items
+from loadtests.loadtest.runner import answer_violations
 from loadtests.scenarios import SCENARIOS, locustfile_path
 from loadtests.scenarios.params import ScenarioParams
 from loadtests.scenarios.results import MAX_EXAMPLES, KeyAnswers, ScenarioResults, worker_path

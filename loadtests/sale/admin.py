@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from loadtests.target import Target
+from loadtests.sale.target import Target
 from services.errors import FlashsaleError
 
 

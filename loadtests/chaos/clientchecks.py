@@ -1,4 +1,4 @@
-"""The checks on what the clients saw (loadtests.checker): one purchase per key,
+"""The checks on what the clients saw (loadtests.chaos.checker): one purchase per key,
 statuses only forward and matching Postgres, every 202 final in time, no
 accepted purchase answered 404 to its owner, no 503 outside a fault."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from loadtests.checkrun import HEAL_BOUND_S, RunView, answered_s
-from loadtests.history import GET, PURCHASE, FaultWindow, Op
-from loadtests.pgsnapshot import PurchaseRow
+from loadtests.chaos.checkrun import HEAL_BOUND_S, RunView, answered_s
+from loadtests.chaos.history import GET, PURCHASE, FaultWindow, Op
+from loadtests.chaos.pgsnapshot import PurchaseRow
 
 PENDING = "pending"
 RANK = {PENDING: 0, "confirmed": 1, "rejected": 1, "cancelled": 2, "paid": 2, "expired": 2}

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtests.target import Target
+from loadtests.sale.target import Target
 from services.tokens import issue_token
 
 NO_ANSWER = 0  # connection refused, reset or timed out: the outcome is unknown

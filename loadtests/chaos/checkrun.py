@@ -1,4 +1,4 @@
-"""What every check of the Jepsen-style checker (loadtests.checker) shares: the run
+"""What every check of the Jepsen-style checker (loadtests.chaos.checker) shares: the run
 under check (history, snapshot, fault windows, the stock filter read once the run
 was quiet), the violations it finds, and the one-line forms of operations, rows
 and windows its evidence is written in."""
@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from loadtests.filtercheck import FilterReading
-from loadtests.history import PURCHASE, PUT_ITEM, FaultWindow, History, Op
-from loadtests.pgsnapshot import PurchaseRow, Snapshot
+from loadtests.chaos.history import PURCHASE, PUT_ITEM, FaultWindow, History, Op
+from loadtests.chaos.pgsnapshot import PurchaseRow, Snapshot
+from loadtests.checks.filtercheck import FilterReading
 
 HEAL_BOUND_S = 30.0
 EVIDENCE_SHOWN = 6

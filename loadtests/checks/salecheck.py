@@ -1,4 +1,4 @@
-"""The check after a load-test run: design.md's invariants (`loadtests.invariants`)
+"""The check after a load-test run: design.md's invariants (`loadtests.checks.invariants`)
 once every accepted purchase is final and every hold settled, plus what the run
 knows beyond the accepted ids: stock unchanged, per-user limits, one purchase per
 idempotency key, untouched users and items, the events, the stock filter.
@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from loadtests.filtercheck import check_filter
-from loadtests.invariants import (
+from loadtests.checks.filtercheck import check_filter
+from loadtests.checks.invariants import (
     QUERIES,
     InvariantReport,
     check_accepted,
     check_item,
     wait_until_final,
 )
-from loadtests.lifecycle import check_events, wait_for_holds
-from loadtests.target import EventsAccess, FilterAccess
-from loadtests.topiccheck import check_topic
+from loadtests.checks.lifecycle import check_events, wait_for_holds
+from loadtests.checks.topiccheck import check_topic
+from loadtests.sale.target import EventsAccess, FilterAccess
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from loadtests.checksql import checker_queries
-from loadtests.invariants import InvariantReport, check_invariants
+from loadtests.checks.checksql import checker_queries
+from loadtests.checks.invariants import InvariantReport, check_invariants
 
 FINAL_BOUND_S = 30.0
 POLL_S = 0.25

@@ -14,5 +14,5 @@ from services.store.queries import parse_queries
 
 
 def checker_queries(file: str) -> dict[str, str]:
-    """The queries of `loadtests/<file>`, by name."""
-    return parse_queries((resources.files("loadtests") / file).read_text())
+    """The queries of `loadtests/checks/<file>`, by name."""
+    return parse_queries((resources.files("loadtests.checks") / file).read_text())

@@ -1,4 +1,4 @@
-"""SOLD_OUT_UNEXPLAINED (loadtests.checker): a 202 that ended `rejected: sold_out`
+"""SOLD_OUT_UNEXPLAINED (loadtests.chaos.checker): a 202 that ended `rejected: sold_out`
 is forgiven by count, never by time.
 
 design.md: "A 202 promises a final answer, not a unit: after a fault the answer
@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from loadtests.checkrun import RunView, answered_s
-from loadtests.history import PUT_ITEM, FaultWindow, Op
-from loadtests.pgsnapshot import PurchaseRow
+from loadtests.chaos.checkrun import RunView, answered_s
+from loadtests.chaos.history import PUT_ITEM, FaultWindow, Op
+from loadtests.chaos.pgsnapshot import PurchaseRow
 
 SOLD_OUT = "sold_out"
 REDIS_DATA_LOSING = frozenset({"restart_redis", "restart_stack"})

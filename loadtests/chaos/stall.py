@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 from aiokafka.partitioner import murmur2
 
-from loadtests.history import PURCHASE, History
+from loadtests.chaos.history import PURCHASE, History
 from services.errors import UnavailableError
 from services.topics import end_offsets
 

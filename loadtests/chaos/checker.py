@@ -1,9 +1,9 @@
 """The Jepsen-style checker: a run's history plus a Postgres snapshot (and the
 stock filter read once the run was quiet) -> violations.
 
-Pure: it reads a `History` (loadtests.history), a `Snapshot` (loadtests.pgsnapshot,
+Pure: it reads a `History` (loadtests.chaos.history), a `Snapshot` (loadtests.chaos.pgsnapshot,
 which reads Postgres with its own SQL, on purpose independent of the store it
-checks) and `FilterReading`s (loadtests.filtercheck) and names every violation of
+checks) and `FilterReading`s (loadtests.checks.filtercheck) and names every violation of
 design.md's invariants and api.md's promises, each with the operations or rows
 that show it. No rule forgives by a time window: a fault or an admin write
 explains a wrong answer only by count (SOLD_OUT_UNEXPLAINED), and the only times
@@ -33,7 +33,7 @@ docs/faults.md ("What the checker enforces") cites the sentence each enforces.
 * SOLD_OUT_UNEXPLAINED: units rejected `sold_out` beyond what, per item, the
   stock cuts (at most S_old - S_new, of purchases reserved before the cut
   answered and applied after it was invoked) and the faults that lose Redis'
-  data (at most the units in flight across them) explain (loadtests.soldout);
+  data (at most the units in flight across them) explain (loadtests.chaos.soldout);
 * FILTER_DRIFT: once the run is quiet, an item whose filter units + units in
   flight != stock - sold (a unit leaked or invented), or a shard missing;
 * FCFS: in one partition and log generation, a `sold_out` rejection followed (at
@@ -49,8 +49,8 @@ statuses are taken from GET answers only.
 
 from __future__ import annotations
 
-from loadtests.checkrun import HEAL_BOUND_S, CheckReport, RunView, Violation
-from loadtests.clientchecks import (
+from loadtests.chaos.checkrun import HEAL_BOUND_S, CheckReport, RunView, Violation
+from loadtests.chaos.clientchecks import (
     check_finals,
     check_keys,
     check_statuses,
@@ -59,18 +59,18 @@ from loadtests.clientchecks import (
     final_deadline,
     status_allowed,
 )
-from loadtests.filtercheck import FilterReading
-from loadtests.history import PUT_ITEM, History
-from loadtests.pgsnapshot import Snapshot
-from loadtests.retrychecks import check_charged_after_503, check_retries
-from loadtests.rowchecks import (
+from loadtests.chaos.history import PUT_ITEM, History
+from loadtests.chaos.pgsnapshot import Snapshot
+from loadtests.chaos.retrychecks import check_charged_after_503, check_retries
+from loadtests.chaos.rowchecks import (
     check_fcfs,
     check_fencing,
     check_filter_units,
     check_items,
     check_user_limits,
 )
-from loadtests.soldout import check_sold_out
+from loadtests.chaos.soldout import check_sold_out
+from loadtests.checks.filtercheck import FilterReading
 
 __all__ = ["HEAL_BOUND_S", "CheckReport", "Violation", "check", "final_deadline", "status_allowed"]
 

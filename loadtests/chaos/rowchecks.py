@@ -1,5 +1,5 @@
 """The checks on what Postgres (and, once the run is quiet, the stock filter) holds
-(loadtests.checker): no unit sold twice (stock, sold, CHECK constraints, per-user
+(loadtests.chaos.checker): no unit sold twice (stock, sold, CHECK constraints, per-user
 limits), no unit leaked from or invented in the filter, first come first served
 per partition, and no write under a stale lease."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from loadtests.checkrun import RunView
-from loadtests.history import PUT_ITEM, Op
-from loadtests.pgsnapshot import REQUIRED_CONSTRAINTS, PurchaseRow
+from loadtests.chaos.checkrun import RunView
+from loadtests.chaos.history import PUT_ITEM, Op
+from loadtests.chaos.pgsnapshot import REQUIRED_CONSTRAINTS, PurchaseRow
 
 # Clock slack between a batch reading an item and stamping `applied_at`.
 APPLY_SLACK_S = 1.0

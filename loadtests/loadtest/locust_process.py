@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from loadtests.locust_stats import EndpointStats, combine, load_stats, save_stats
+from loadtests.loadtest.locust_stats import EndpointStats, combine, load_stats, save_stats
 from loadtests.scenarios import locustfile_path
 from loadtests.scenarios.params import ScenarioParams
 from loadtests.scenarios.results import ScenarioResults, worker_path

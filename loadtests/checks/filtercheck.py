@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from loadtests.lifecycle import POLL_S, QUERIES, poll
-from loadtests.target import FilterAccess
+from loadtests.checks.lifecycle import POLL_S, QUERIES, poll
+from loadtests.sale.target import FilterAccess
 from services.schema import MessageError, PurchaseMessage
 from services.stockfilter.client import RedisClient, close_redis, open_redis
 from services.stockfilter.keys import reservations_key, stock_key

@@ -1,10 +1,10 @@
-"""The checks on what a key's later requests were told (loadtests.checker): a retry
+"""The checks on what a key's later requests were told (loadtests.chaos.checker): a retry
 of an accepted key gets its purchase back, and a 503 reserved nothing.
 
 Only retries of the same request are judged: api.md makes a key sent again with
 another body (another item or quantity) a different request, which the gateway
 refuses `422 idempotency_key_reused` (gateway/admission_rules.py
-`check_same_request`). The chaos workload (loadtests/workload.py) sends every
+`check_same_request`). The chaos workload (loadtests/chaos/workload.py) sends every
 retry of a key with the body of its first request. A request with no answer
 (`NO_ANSWER`: connection cut, client timeout; or cut short by the run's end) is
 not an answer and is not judged.
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from loadtests.checkrun import RunView, answered_s
-from loadtests.client import NO_ANSWER
-from loadtests.history import PURCHASE, Op
-from loadtests.pgsnapshot import PurchaseRow
+from loadtests.chaos.checkrun import RunView, answered_s
+from loadtests.chaos.history import PURCHASE, Op
+from loadtests.chaos.pgsnapshot import PurchaseRow
+from loadtests.sale.client import NO_ANSWER
 
 # Statuses of a purchase that charged units or once held them.
 CHARGED = frozenset({"confirmed", "paid", "cancelled", "expired"})

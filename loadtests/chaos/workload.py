@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from loadtests.client import NO_ANSWER, GatewayClient
-from loadtests.history import GET, GET_ITEM, PURCHASE, PUT_ITEM, HistoryWriter, Op
-from loadtests.target import Target
+from loadtests.chaos.history import GET, GET_ITEM, PURCHASE, PUT_ITEM, HistoryWriter, Op
+from loadtests.sale.client import NO_ANSWER, GatewayClient
+from loadtests.sale.target import Target
 
 ITEMS = 1200
 BUYERS_PER_S = 20.0

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from loadtests.client import NO_ANSWER, GatewayClient
-from loadtests.target import Target
+from loadtests.sale.client import NO_ANSWER, GatewayClient
+from loadtests.sale.target import Target
 
 CONNECTIONS = 512
 RESULT_WAIT_S = 30

@@ -1,6 +1,6 @@
 """The invariant check of design.md, run against Postgres after a sale: no oversell,
 sold == confirmed units, every accepted purchase final, first come first served.
-`loadtests.salecheck` adds what a load-test run knows beyond that.
+`loadtests.checks.salecheck` adds what a load-test run knows beyond that.
 
 Its SQL is its own, in invariants.sql, on purpose instead of `services.store`'s
 named queries: the check must not trust (and share a bug with) the store it checks.
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from loadtests.checksql import checker_queries
+from loadtests.checks.checksql import checker_queries
 
 QUERIES = checker_queries("invariants.sql")
 # Every status a purchase reaches once it is decided: a row is final (no longer

@@ -2,7 +2,7 @@
 the same Idempotency-Key when the gateway is down or answers 503, as a careful
 client would.
 
-A task in the fault test's own event loop (through loadtests.client), not Locust:
+A task in the fault test's own event loop (through loadtests.sale.client), not Locust:
 the test injects its fault while the traffic runs and reads every 202's time and
 every id each key was answered with, which a Locust child process would have to
 hand back through files.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from loadtests.client import NO_ANSWER, GatewayClient
-from loadtests.target import Target
+from loadtests.sale.client import NO_ANSWER, GatewayClient
+from loadtests.sale.target import Target
 
 RETRIES = 8
 RETRY_PAUSE_S = 0.5

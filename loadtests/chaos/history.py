@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
-from loadtests.client import NO_ANSWER
+from loadtests.sale.client import NO_ANSWER
 
 PURCHASE = "purchase"
 GET = "get"
@@ -83,7 +83,7 @@ class FaultWindow:
     `heal_by_s` is the end plus the bound the design gives the system to become
     whole again: until then a purchase may be slow (LATE) and a request may be
     answered 503 (UNAVAILABLE). It excuses no wrong answer: a `sold_out` after a
-    fault is judged by count (loadtests.soldout), not by this time.
+    fault is judged by count (loadtests.chaos.soldout), not by this time.
     """
 
     index: int

@@ -21,18 +21,24 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from loadtests.admin import ItemNotCreatedError, create_item
-from loadtests.invariants import InvariantReport, ItemTally
-from loadtests.locust_process import LoadtestError, Progress, RunFiles, read_outputs, run_locust
-from loadtests.locust_stats import EndpointStats, merge, percentile_ms
-from loadtests.plans import plan_items
-from loadtests.salecheck import SaleExpectations, check_sale
+from loadtests.checks.invariants import InvariantReport, ItemTally
+from loadtests.checks.salecheck import SaleExpectations, check_sale
+from loadtests.loadtest.locust_process import (
+    LoadtestError,
+    Progress,
+    RunFiles,
+    read_outputs,
+    run_locust,
+)
+from loadtests.loadtest.locust_stats import EndpointStats, merge, percentile_ms
+from loadtests.loadtest.plans import plan_items
+from loadtests.sale.admin import ItemNotCreatedError, create_item
+from loadtests.sale.target import EventsAccess, FilterAccess, Target
 from loadtests.scenarios.params import ItemSpec, ScenarioParams
 from loadtests.scenarios.results import NO_ANSWER, ScenarioResults
-from loadtests.target import EventsAccess, FilterAccess, Target
 
 __all__ = [
-    "LoadtestError",  # raised here and by the Locust child's runner (loadtests.locust_process)
+    "LoadtestError",  # raised here and by the Locust child (loadtest.locust_process)
     "LoadtestSummary",
     "answer_violations",
     "expectations",

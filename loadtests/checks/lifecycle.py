@@ -1,8 +1,8 @@
 """The sale's lifecycle after a run: holds settled, and an event in the outbox for
 every status change (design.md, "The sale's lifecycle"). The stock filter's
-share is `loadtests.filtercheck`, the events topic's `loadtests.topiccheck`.
+share is `loadtests.checks.filtercheck`, the events topic's `loadtests.checks.topiccheck`.
 
-Like `loadtests.invariants`, it reads Postgres with its own SQL (invariants.sql):
+Like `loadtests.checks.invariants`, it reads Postgres with its own SQL (invariants.sql):
 the check must not share a bug with the code it checks.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from loadtests.checksql import checker_queries
+from loadtests.checks.checksql import checker_queries
 
 POLL_S = 0.25
 # Statuses reached from confirmed: each has two events, confirmed and itself.

@@ -14,8 +14,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from loadtests.lifecycle import POLL_S, QUERIES, SHOWN
-from loadtests.target import EventsAccess
+from loadtests.checks.lifecycle import POLL_S, QUERIES, SHOWN
+from loadtests.sale.target import EventsAccess
 
 
 class TopicReadError(Exception):
