@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.admission_rules import (
+    FilterRebuilding,
     SoldOut,
     check_quantity,
     check_same_request,
@@ -128,7 +129,7 @@ class Admission:
             if twin:
                 await self._check_item(item_id, quantity)
             return await self._admit(purchase_id, user_id, key, item_id, quantity)
-        except ApiError as refused:
+        except (ApiError, FilterRebuilding) as refused:
             # Off the path of admissions that succeed; batched with the others.
             return await self._stored_or(refused, purchase_id, user_id, item_id, quantity)
 
@@ -138,7 +139,12 @@ class Admission:
         check_quantity(item, quantity)
 
     async def _stored_or(
-        self, refused: ApiError, purchase_id: str, user_id: str, item_id: str, quantity: int
+        self,
+        refused: ApiError | FilterRebuilding,
+        purchase_id: str,
+        user_id: str,
+        item_id: str,
+        quantity: int,
     ) -> Admitted:
         """The purchase when Postgres holds it, else the refusal. Redis forgot this
         key (a restart, eviction, the TTL), or holds the record of another request
@@ -298,7 +304,7 @@ class Admission:
         await self.core.idempotency.swap(purchase_id, reserved.claim, None)
         if reserved.missing:
             await self.core.activity.mark(item_id, force=True)  # the reconciler rebuilds it
-            raise UnavailableError(f"stock filter of {item_id} is being rebuilt")
+            raise FilterRebuilding(item_id)
         if len(self.hints.empty_shards(item_id)) >= self.core.stock.shards:
             self.hints.mark_sold_out(item_id)  # every shard is empty, not just short
         self.metrics.sold_out_found.inc()

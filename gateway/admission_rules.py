@@ -6,12 +6,22 @@ from __future__ import annotations
 import math
 
 from gateway.errors import ApiError
+from services.errors import UnavailableError
 from services.store.items import Item, rfc3339
 
 
 class SoldOut(ApiError):
     def __init__(self, item_id: str) -> None:
         super().__init__(409, "sold_out", f"item {item_id} is sold out")
+
+
+class FilterRebuilding(UnavailableError):
+    """A 503: a shard of the item's stock filter is missing (Redis lost it) and the
+    reconciler is rebuilding it. Like a refusal, answered only after Postgres was
+    asked whether it holds the key's purchase (a retry after Redis lost its data)."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(f"stock filter of {item_id} is being rebuilt")
 
 
 def in_progress() -> ApiError:
