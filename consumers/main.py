@@ -10,21 +10,16 @@ from collections.abc import Callable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
 
 from consumers.leasing import LeaseListener, RejoinStuckError
 from consumers.metrics import ConsumerMetrics, metrics_server
+from consumers.reconcileloop import pause_unless_stopped, reconcile_forever
 from consumers.relay import RELAY_BATCH, RELAY_IDLE_S, EventRelay, open_event_producer
-from consumers.settle import ConsumerStats
 from consumers.worker import PurchaseConsumer, consumer_name
-from services.applygate import ApplyGate
-from services.errors import FlashsaleError, UnavailableError
+from services.errors import UnavailableError
 from services.logs import setup_logging
-from services.producer import METADATA_MAX_AGE_MS, PurchaseProducer, open_producer
-from services.reconciler import Reconciler, ReconcileReport
+from services.producer import METADATA_MAX_AGE_MS
 from services.resources import CoreResources, open_core
-from services.schema import PurchaseMessage
 from services.settings import Settings
 from services.store.leases import ensure_leases
 from services.topics import ensure_topic
@@ -77,99 +72,6 @@ async def prepare(settings: Settings, core: CoreResources) -> None:
             await asyncio.sleep(STARTUP_RETRY_S)
 
 
-# Errors of the world, not of our code: the reconciler retries them for ever.
-RECONCILE_RETRIED: tuple[type[BaseException], ...] = (
-    FlashsaleError,
-    KafkaError,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    RedisError,
-)
-RECONCILE_BACKOFF_MAX_S = 30.0
-
-
-class _ProducerSlot:
-    """The reconciler keeps its memory across producers reopened after a failure."""
-
-    def __init__(self) -> None:
-        self.producer: PurchaseProducer | None = None
-
-    async def publish(self, message: PurchaseMessage) -> tuple[int, int]:
-        if self.producer is None:
-            raise UnavailableError("the reconciler has no producer open")
-        return await self.producer.publish(message)
-
-
-async def reconcile_forever(
-    settings: Settings,
-    core: CoreResources,
-    stop: asyncio.Event,
-    stats: ConsumerStats,
-    owns: Callable[[str], bool] | None = None,
-    metrics: ConsumerMetrics | None = None,
-    gate: ApplyGate | None = None,
-) -> None:
-    """Run reconciler passes until stopped, surviving every failure but a bug.
-
-    A consumer without its reconciler would still run but leave reservations
-    unpublished and filters unrepaired, silently: so any failure is counted,
-    logged and retried with a backoff (the producer reopened); a bug (TypeError,
-    say) propagates, and `serve` stops the process with it (exit non-zero).
-    """
-    metrics = metrics if metrics is not None else ConsumerMetrics()
-    slot = _ProducerSlot()
-    reconciler = Reconciler(core, slot.publish, settings.reservation_stale_s, owns=owns, gate=gate)
-    backoff_s = settings.reconcile_interval_s
-    while not stop.is_set():
-        passes_before = stats.reconciler_passes
-        try:
-            async with open_producer(settings) as producer:
-                slot.producer = producer
-                await _reconcile_passes(reconciler, settings, stop, stats, metrics)
-        except RECONCILE_RETRIED as exc:
-            stats.reconciler_failures += 1
-            metrics.reconciler_failures.inc()
-            if stats.reconciler_passes > passes_before:
-                backoff_s = settings.reconcile_interval_s  # a new run of failures
-            log.warning(
-                "reconciler failed (%d failures so far), retrying in %.1fs: %r",
-                stats.reconciler_failures,
-                backoff_s,
-                exc,
-            )
-            await _wait(stop, backoff_s)
-            backoff_s = min(backoff_s * 2, RECONCILE_BACKOFF_MAX_S)
-        finally:
-            slot.producer = None
-
-
-async def _reconcile_passes(
-    reconciler: Reconciler,
-    settings: Settings,
-    stop: asyncio.Event,
-    stats: ConsumerStats,
-    metrics: ConsumerMetrics,
-) -> None:
-    """Passes until stopped; the first failure ends them (the caller reopens and retries)."""
-    while not stop.is_set():
-        report = await reconciler.run_once()
-        stats.reconciler_passes += 1
-        count_repairs(metrics, report)
-        if report:
-            log.info("reconciled: %s", report.summary())
-            if report.rebuilt:
-                log.debug("rebuilt filters: %s", report.rebuilt_ids())
-        await _wait(stop, settings.reconcile_interval_s)
-
-
-def count_repairs(metrics: ConsumerMetrics, report: ReconcileReport) -> None:
-    metrics.repairs.labels("settled").inc(report.settled)
-    metrics.repairs.labels("republished").inc(report.republished)
-    metrics.repairs.labels("rebuilt").inc(len(report.rebuilt))
-
-
 RELAY_BACKOFF_MAX_S = 5.0
 
 
@@ -197,21 +99,16 @@ async def relay_forever(
                             await relay.prune_if_due()
                     except UnavailableError as exc:
                         log.warning("event relay backing off %.1fs: %s", backoff_s, exc)
-                        await _wait(stop, backoff_s)
+                        await pause_unless_stopped(stop, backoff_s)
                         backoff_s = min(backoff_s * 2, RELAY_BACKOFF_MAX_S)
                         continue
                     backoff_s = RELAY_IDLE_S
                     if sent < RELAY_BATCH:
-                        await _wait(stop, RELAY_IDLE_S)
+                        await pause_unless_stopped(stop, RELAY_IDLE_S)
         except UnavailableError as exc:
             log.warning("event relay cannot start, retrying in %.1fs: %s", backoff_s, exc)
-            await _wait(stop, backoff_s)
+            await pause_unless_stopped(stop, backoff_s)
             backoff_s = min(backoff_s * 2, RELAY_BACKOFF_MAX_S)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def serve(settings: Settings, tracing: Tracing = NO_TRACING) -> None:
@@ -270,7 +167,7 @@ async def open_core_when_reachable(
             # A server that answers before its database exists (it is being
             # created: the embedded one, a Postgres container's first start).
             log.warning("waiting %.1fs for Postgres: %s", backoff_s, exc)
-            await _wait(stop, backoff_s)
+            await pause_unless_stopped(stop, backoff_s)
             backoff_s = min(backoff_s * 2, RELAY_BACKOFF_MAX_S)
     return None
 

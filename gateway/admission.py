@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.admission_rules import (
@@ -38,6 +37,7 @@ from gateway.itemreads import ItemReads
 from gateway.metrics import GatewayMetrics
 from gateway.producefault import AdmissionPublisher
 from gateway.ratelimit import CLIENT, ITEM, USER, RateLimits
+from gateway.shardwalk import Reserved, ShardWalk
 from gateway.soldout import SoldOutHint
 from services.errors import UnavailableError
 from services.failpoints import failpoint
@@ -45,7 +45,6 @@ from services.producer import PRODUCE_TIMEOUT_S, PurchaseProducer
 from services.resources import CoreResources
 from services.schema import PurchaseMessage, purchase_id_for
 from services.stockfilter.admit import ClaimAndReserve, FirstTry
-from services.stockfilter.filter import ALREADY_RESERVED, RESERVED, SHARD_MISSING
 from services.stockfilter.idempotency import PUBLISHED, REWRITTEN, IdempotencyRecord, new_claim
 from services.store.items import Item
 from services.store.lookup import PurchaseLookup
@@ -65,19 +64,6 @@ TWIN_SKIPS = frozenset({"sold_out", "rate_limited"})
 class Admitted:
     purchase_id: str
     replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Reserved:
-    """Where a reservation landed (shard None: nowhere) and the claim naming it."""
-
-    shard: int | None
-    claim: IdempotencyRecord
-    empty_shards: frozenset[int] = frozenset()
-    missing: bool = False
-    # The shard held this purchase's reservation already (ALREADY_RESERVED): an
-    # earlier request of the key made it, and may have published it.
-    before: bool = False
 
 
 class Admission:
@@ -101,6 +87,7 @@ class Admission:
         self.claim_and_reserve = ClaimAndReserve(core.idempotency, core.stock)
         self.sold_out_hint = SoldOutHint(hints, core.stock)
         self.publisher = AdmissionPublisher(core, producer, metrics)
+        self.shards = ShardWalk(core, hints)
 
     async def purchase(
         self, user_id: str, key: str, item_id: str, quantity: int, client: str
@@ -248,7 +235,7 @@ class Admission:
 
         # Marked before the reserve, so the reconciler sees a record a crash leaves.
         await self.core.activity.mark(item_id)
-        reserved = await self._reserve(purchase_id, claim, message_for, tried)
+        reserved = await self.shards.reserve(purchase_id, claim, message_for, tried)
         self.hints.mark_empty(item_id, reserved.empty_shards)
         if reserved.shard is None:
             await self._not_reserved(purchase_id, reserved)
@@ -263,40 +250,6 @@ class Admission:
         await self._mark_published(purchase_id, reserved.claim, reserved.shard)
         self.metrics.admitted.inc()
         return Admitted(purchase_id, replayed=False)
-
-    async def _reserve(
-        self,
-        purchase_id: str,
-        claim: IdempotencyRecord,
-        message_for: Callable[[int], PurchaseMessage],
-        tried: FirstTry | None = None,
-    ) -> Reserved:
-        """Try the claim's shard (`tried`: done already, with the claim), then the
-        others; the claim names each shard before it is tried, so whoever takes this
-        admission over looks in the right place."""
-        item_id, quantity = claim.item_id, claim.quantity
-        empty: set[int] = set()
-        missing = False
-        for shard in self.core.stock.shard_order(claim.shard, self.hints.empty_shards(item_id)):
-            if shard != claim.shard:
-                moved = claim.at_shard(shard)
-                if not await self.core.idempotency.swap(purchase_id, claim, moved):
-                    raise in_progress()  # taken over while we were slow: it decides now
-                claim = moved
-            if tried is not None:  # the claim's own shard comes first in the order
-                code, left, tried = tried.code, tried.left, None
-            else:
-                code, left = await self.core.stock.reserve_at(
-                    item_id, shard, purchase_id, quantity, message_for(shard).encode()
-                )
-            if code in (RESERVED, ALREADY_RESERVED):
-                before = code == ALREADY_RESERVED
-                return Reserved(shard, claim, frozenset(empty), missing, before)
-            if code == SHARD_MISSING:
-                missing = True  # not "empty": Redis lost it, and the reconciler refills it
-            elif left <= 0:
-                empty.add(shard)  # too few units for this request is not "empty"
-        return Reserved(None, claim, frozenset(empty), missing)
 
     async def _not_reserved(self, purchase_id: str, reserved: Reserved) -> None:
         """No shard had the units: drop the claim and say why."""

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.status import Status
 
 from infra.bench_tables import report_tables
+from infra.durability import DURABILITY_LEVELS, FSYNC, durability_settings
 from infra.failure import print_failure
 from infra.lifecycle import stack_lifecycle
 from infra.stack import EmbeddedStack
@@ -38,14 +39,6 @@ DEFAULT_CONSUMERS = 2
 # Every simulated buyer comes from 127.0.0.1: with the per-address default of
 # the gateway, most requests would measure the 429 path. The limiter still runs.
 BENCH_CLIENT_RATE = "1000000/second"
-# How durable a commit is, the same for every system of a run (issue 20):
-# fsync: Postgres' defaults (fsync, full_page_writes, synchronous_commit on);
-# replicated: also on a synchronous streaming standby's disk (a high-availability
-# deployment); off: no fsync, no full-page writes, a labelled quick mode.
-FSYNC = "fsync"
-REPLICATED = "replicated"
-DURABILITY_OFF = "off"
-DURABILITY_LEVELS = (FSYNC, REPLICATED, DURABILITY_OFF)
 
 
 @click.command()
@@ -239,11 +232,6 @@ def _run(config: _Config, console: Console) -> BenchResults:
         stack.start_services(say)
         stack.start_processes(config.consumers, say, gateways=config.gateways)
         return uvloop.run(run_bench(_access(stack), _bench_config(config, stack), say))
-
-
-def durability_settings(level: str) -> dict[str, bool]:
-    """The stack's Postgres settings for a durability level."""
-    return {"postgres_fsync": level != DURABILITY_OFF, "postgres_standby": level == REPLICATED}
 
 
 def _access(stack: EmbeddedStack) -> StackAccess:

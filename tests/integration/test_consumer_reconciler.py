@@ -10,8 +10,8 @@ from contextlib import AbstractAsyncContextManager
 import asyncpg
 import pytest
 
-import consumers.main as consumer_main
-from consumers.main import reconcile_forever
+import consumers.reconcileloop as reconcile_loop
+from consumers.reconcileloop import reconcile_forever
 from consumers.settle import ConsumerStats
 from infra.embedded.proc import free_port
 from services.producer import PurchaseProducer
@@ -46,7 +46,7 @@ async def running(
 async def test_a_broker_refusing_at_start_delays_the_reconciler_only(
     settings: Settings, core: CoreResources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open: OpenProducer = consumer_main.open_producer
+    real_open: OpenProducer = reconcile_loop.open_producer
     refusing = f"127.0.0.1:{free_port()}"
     opened = 0
 
@@ -55,7 +55,7 @@ async def test_a_broker_refusing_at_start_delays_the_reconciler_only(
         opened += 1
         return real_open(s.replace(kafka_bootstrap=refusing) if opened <= 2 else s)
 
-    monkeypatch.setattr(consumer_main, "open_producer", open_refused_twice)
+    monkeypatch.setattr(reconcile_loop, "open_producer", open_refused_twice)
     stats = ConsumerStats()
     quick = settings.replace(reconcile_interval_s=0.1)
     async with running(quick, core, stats) as task:

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from infra.bench_command import DURABILITY_LEVELS, durability_settings
+from infra.durability import DURABILITY_LEVELS, durability_settings
 from infra.embedded.postgres import EmbeddedPostgres
 from infra.embedded.standby import EmbeddedStandby, setting
 from infra.stack import EmbeddedStack
