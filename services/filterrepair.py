@@ -234,8 +234,22 @@ async def apply_item_write(core: CoreResources, written: ItemWrite) -> None:
         await repair(core.stock, view, item.per_user_limit)
         return
     delta = item.stock - written.old_stock
+    if delta > 0:
+        delta = await _raise_units(core, item.item_id, delta)
     for shard, units in spread_plan(_levels(shards), delta, item.per_user_limit).items():
         await core.stock.adjust(item.item_id, shard, units)
+
+
+async def _raise_units(core: CoreResources, item_id: str, delta: int) -> int:
+    """A raise adds at most what the filter lacks after it. A cut deeper than the
+    shards held left a shortfall, owed by in-flight purchases that a raise then
+    lets be confirmed: added in full, the raise would put that shortfall on sale
+    as phantom units, each sold to a buyer later rejected sold_out (docs/faults.md,
+    fourth round). The view may read a give-back or a cancel's return between its
+    Redis and Postgres reads and ask for less: a short filter, which the drift
+    repair refills, never a phantom beyond what the blind delta had."""
+    (view,) = await read_views(core, [item_id])
+    return min(delta, max(view.drift, 0))
 
 
 def decode_records(shards: list[ShardSnapshot]) -> list[PurchaseMessage]:
