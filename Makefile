@@ -9,6 +9,10 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 PYTEST_ARGS ?=
+# pytest-xdist workers: most integration and fault tests wait (on rebalances,
+# restarts, traffic of fixed length) rather than compute, so 4 pay on 2 cores.
+# `PYTEST_WORKERS=0` runs everything in this process, one test at a time.
+PYTEST_WORKERS ?= 4
 
 .PHONY: install system-deps browser-deps demo test lint typecheck unit clean
 
@@ -40,7 +44,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 test: lint typecheck browser-deps
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 unit: install
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
