@@ -16,10 +16,6 @@ from typing import Any
 
 import pytest
 
-# One xdist worker runs the whole module: its module-scoped fixture starts a
-# stack of its own, which each worker would otherwise start again.
-pytestmark = pytest.mark.xdist_group("test_bench")
-
 BENCH = [
     sys.executable,
     "-c",

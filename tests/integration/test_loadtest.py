@@ -30,10 +30,6 @@ from services.stockfilter.keys import stock_key
 from services.tokens import issue_token
 from tests.conftest import fresh_id
 
-# One xdist worker runs the whole module: its module-scoped fixture starts a
-# stack of its own, which each worker would otherwise start again.
-pytestmark = pytest.mark.xdist_group("test_loadtest")
-
 FLASHSALE = [sys.executable, "-m", "infra.cli"]
 LOADTEST = [
     sys.executable,
