@@ -9,6 +9,13 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 PYTEST_ARGS ?=
+# pytest-xdist workers: most integration and fault tests wait (on rebalances,
+# restarts, traffic of fixed length) rather than compute, so 4 pay on 2 cores.
+# `--dist loadscope` keeps each module on one worker, so a module-scoped fixture
+# (test_bench's report, test_loadtest's stack) runs once; `--dist loadgroup` would
+# not: pytest 9.2 ignores the group suffix xdist 3.8 adds to node ids.
+# `PYTEST_WORKERS=0` runs everything in this process, one test at a time.
+PYTEST_WORKERS ?= 4
 
 .PHONY: install system-deps browser-deps demo test lint typecheck unit clean
 
@@ -40,7 +47,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 test: lint typecheck browser-deps
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 unit: install
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

@@ -23,7 +23,7 @@ from infra.stack import stop_from_file
 from infra.stackfile import StackFile
 from services.errors import FlashsaleError
 from services.resources import CoreResources, open_core
-from services.settings import Settings
+from services.settings import SESSION_TIMEOUT_S, Settings
 from services.store.leases import ensure_leases
 from services.topics import ensure_topic
 
@@ -91,7 +91,10 @@ def settings(
         admin_token=secrets.token_urlsafe(32),
         secret=secrets.token_urlsafe(32),
         state_dir=state_root,
-        session_timeout_s=6.0,
+        # The product's own (2 s): the embedded broker holds each rebalance for half
+        # of it (settings.py), so 6 s cost every fault test 3 s a rebalance and 6 s
+        # more before a dead member's partitions moved.
+        session_timeout_s=SESSION_TIMEOUT_S,
         reservation_stale_s=3.0,
         consumer_group=f"test-{secrets.token_hex(3)}",
         db_pool_size=5,

@@ -18,7 +18,7 @@ from loadtests.checks.faultcheck import FaultReport, check_fault_run
 from loadtests.sale.admin import create_item
 from loadtests.sale.target import Target
 from loadtests.sale.traffic import TrafficOutcome, run_traffic
-from services.settings import Settings
+from services.settings import SESSION_TIMEOUT_S, Settings
 from tests.conftest import fresh_id
 
 ITEMS = 3
@@ -74,7 +74,10 @@ def fault_settings() -> Settings:
         gateway_port=0,
         postgres_fsync=False,
         partitions=4,
-        session_timeout_s=6.0,
+        # The product's own (2 s): the embedded broker holds each rebalance for half
+        # of it (settings.py), so 6 s cost every fault test 3 s a rebalance and 6 s
+        # more before a dead member's partitions moved.
+        session_timeout_s=SESSION_TIMEOUT_S,
         reservation_stale_s=3.0,
         reconcile_interval_s=1.0,
         rejoin_stuck_s=15.0,

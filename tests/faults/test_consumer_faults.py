@@ -35,9 +35,12 @@ async def test_consumer_paused_past_session_timeout_is_fenced(fault_stack: Fault
         async with open_core(settings) as core:
             return {lease.owner for lease in await list_leases(core.pool, settings.topic)}
 
+    # Four session timeouts: the survivor takes every partition well within it.
+    pause_s = 4 * settings.session_timeout_s
+
     async def pause_until_moved() -> None:
         pause = asyncio.create_task(
-            asyncio.to_thread(fault_stack.faults.pause_consumer, zombie, 12.0)
+            asyncio.to_thread(fault_stack.faults.pause_consumer, zombie, pause_s)
         )
         # While the zombie sleeps, the survivor takes every partition.
         await wait_for(lambda: _only(owners, survivor), timeout_s=30, interval_s=0.5)
@@ -45,7 +48,8 @@ async def test_consumer_paused_past_session_timeout_is_fenced(fault_stack: Fault
 
     items = await fault_stack.create_items()
     traffic = asyncio.create_task(
-        run_traffic(fault_stack.target, items, duration_s=20, rate_per_s=40, seed=3)
+        # Buying before (2 s), during and 6 s after the pause.
+        run_traffic(fault_stack.target, items, duration_s=2 + pause_s + 6, rate_per_s=40, seed=3)
     )
     await asyncio.sleep(2)
     await pause_until_moved()

@@ -181,7 +181,9 @@ async def test_owner_paused_past_its_session_around_expiries_and_pays(
             asyncio.to_thread(fault_stack.faults.pause_consumer, owner, 14.0)
         )
         # Past pay_by while the owner sleeps: the pays go to its partition and
-        # wait for the survivor (503 until it took the partition over).
+        # wait for the survivor (503 until it took the partition over). Within a
+        # 2 s session the survivor may take over before pay_by: pay only after it.
+        await wait_for(lambda: _past_pay_by(settings, unpaid), timeout_s=30, interval_s=0.2)
         for purchase_id in unpaid:
 
             async def refused(pid: str = purchase_id) -> bool:
@@ -231,6 +233,16 @@ async def _bought(http: aiohttp.ClientSession, settings: Settings, url: str, ite
     async with http.get(f"{url}/v1/purchases/{purchase_id}?wait=30", headers=headers) as r:
         assert (await r.json())["status"] == "confirmed"
     return purchase_id
+
+
+async def _past_pay_by(settings: Settings, purchase_ids: list[str]) -> bool:
+    """By the database's clock, the one the sweep and the pay compare pay_by with."""
+    async with open_core(settings) as core:
+        passed = await core.pool.fetchval(
+            "SELECT bool_and(pay_by < now()) FROM purchases WHERE purchase_id = ANY($1::text[])",
+            purchase_ids,
+        )
+    return bool(passed)
 
 
 async def _pay(

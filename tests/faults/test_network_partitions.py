@@ -26,7 +26,11 @@ from services.store.leases import list_leases
 from tests.conftest import wait_for
 from tests.faults.conftest import FaultStack, fault_settings
 
-CUT_S = 12.0  # twice the session timeout of fault_settings()
+# Four session timeouts of fault_settings(): the group evicts the cut-off member
+# and the survivor takes its partitions well within the cut.
+CUT_S = 4 * fault_settings().session_timeout_s
+# Buying before (2 s), during and 10 s after the cut.
+TRAFFIC_S = 2 + CUT_S + 10
 
 
 @pytest.fixture
@@ -85,7 +89,7 @@ async def _sale_with_cut(
     stack = lab_stack.stack
     items = await lab_stack.create_items()
     traffic = asyncio.create_task(
-        run_traffic(lab_stack.target, items, duration_s=24, rate_per_s=40, seed=5)
+        run_traffic(lab_stack.target, items, duration_s=TRAFFIC_S, rate_per_s=40, seed=5)
     )
     await asyncio.sleep(2)
     cut = asyncio.create_task(

@@ -34,6 +34,8 @@ def _env_without_flashsale() -> dict[str, str]:
         (GOOD, "", "FLASHSALE_ADMIN_TOKEN", "not set"),
         (GOOD, "y" * 31, "FLASHSALE_ADMIN_TOKEN", "too short"),
     ],
+    # GOOD is random: ids of its own would differ between pytest-xdist's workers.
+    ids=["secret-unset", "secret-short", "admin-token-unset", "admin-token-short"],
 )
 def test_gateway_refuses_to_start_without_long_secrets(
     settings: Settings, secret: str, admin_token: str, named: str, says: str

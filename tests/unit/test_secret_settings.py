@@ -24,6 +24,8 @@ GOOD = secrets.token_urlsafe(32)
         (GOOD, "", "FLASHSALE_ADMIN_TOKEN is not set"),
         (GOOD, "a" * (MIN_SECRET_BYTES - 1), "FLASHSALE_ADMIN_TOKEN is too short"),
     ],
+    # GOOD is random: ids of its own would differ between pytest-xdist's workers.
+    ids=["secret-unset", "secret-short", "admin-token-unset", "admin-token-short"],
 )
 def test_require_secrets_refuses_missing_or_short(
     secret: str, admin_token: str, message: str
