@@ -33,7 +33,7 @@ def redis_binary(name: str) -> str:
     return found
 
 
-def _cli(port: int, *args: str) -> str:
+def redis_cli(port: int, *args: str) -> str:
     try:
         result = subprocess.run(
             [redis_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
@@ -60,7 +60,8 @@ class RedisNode:
     def log_path(self) -> Path:
         return self.root / f"redis-{self.port}.log"
 
-    def start(self) -> None:
+    def start(self, load_from: Path | None = None) -> None:
+        """Start empty, or holding the dataset of the RDB file `load_from`."""
         if self.port == 0:
             self.port = free_port(CLUSTER_MAX_PORT if self.cluster else 65535)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,8 @@ class RedisNode:
             "--appendonly",
             "no",
             "--dir",
-            str(self.root),
+            str(self.root if load_from is None else load_from.parent),
+            *(["--dbfilename", load_from.name] if load_from is not None else []),
             "--protected-mode",
             "no",
             "--maxclients",
@@ -97,7 +99,7 @@ class RedisNode:
         self.process = spawn(args, self.log_path)
         self.pid = self.process.pid
         wait_until(
-            lambda: _cli(self.port, "PING") == "PONG",
+            lambda: redis_cli(self.port, "PING") == "PONG",
             f"redis on port {self.port}",
             self.log_path,
             alive=lambda: self.process is not None and self.process.poll() is None,
@@ -168,7 +170,9 @@ class EmbeddedRedis:
             raise ServiceStartError(f"redis cluster create failed: {result.stdout}{result.stderr}")
         first = self.nodes[0]
         wait_until(
-            lambda: all("cluster_state:ok" in _cli(n.port, "CLUSTER", "INFO") for n in self.nodes),
+            lambda: all(
+                "cluster_state:ok" in redis_cli(n.port, "CLUSTER", "INFO") for n in self.nodes
+            ),
             "redis cluster state ok",
             first.log_path,
         )
@@ -176,6 +180,13 @@ class EmbeddedRedis:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def flush(self) -> None:
+        """FLUSHALL on every node: the data is gone, the processes and connections stay
+        (an operator's mistake, or a managed Redis that came back empty)."""
+        for node in self.nodes:
+            if redis_cli(node.port, "FLUSHALL") != "OK":
+                raise ServiceStartError(f"FLUSHALL on redis port {node.port} failed")
 
     def restart(self) -> None:
         """Stop and start on the same ports; the data is gone, as after a real crash."""
