@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from gateway.errors import ApiError
 from gateway.hints import ItemHints
@@ -38,11 +39,19 @@ class ItemReads:
         raise ApiError(404, "item_not_found", f"no item {item_id}")
 
     async def _read_item(self, item_id: str) -> Item | None:
-        read_at = time.monotonic()
-        try:
-            item = await get_item(self.core.pool, item_id)
-        except ItemNotFoundError:
-            self.hints.remember_missing(item_id, read_at)
-            return None
-        self.hints.remember_item(item)
-        return item
+        return await read_item(self.core, self.hints, item_id, self.hints.remember_item)
+
+
+async def read_item(
+    core: CoreResources, hints: ItemHints, item_id: str, remember: Callable[[Item], None]
+) -> Item | None:
+    """One Postgres read of an item: `remember` caches it, an absence is cached as
+    missing (from the time the read began, so a write meanwhile is not hidden)."""
+    read_at = time.monotonic()
+    try:
+        item = await get_item(core.pool, item_id)
+    except ItemNotFoundError:
+        hints.remember_missing(item_id, read_at)
+        return None
+    remember(item)
+    return item

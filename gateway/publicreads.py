@@ -10,14 +10,13 @@ them at a time, and reads of the same item share one query.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from gateway.errors import ApiError
 from gateway.hints import ItemHints
+from gateway.itemreads import read_item
 from gateway.singleflight import SingleFlight
-from services.errors import ItemNotFoundError
 from services.resources import CoreResources
-from services.store.items import Item, get_item
+from services.store.items import Item
 from services.store.purchases import PurchaseRow, get_purchase
 
 
@@ -42,11 +41,4 @@ class PublicReads:
 
     async def _read_item(self, item_id: str) -> Item | None:
         async with self._slots:
-            read_at = time.monotonic()
-            try:
-                item = await get_item(self.core.pool, item_id)
-            except ItemNotFoundError:
-                self.hints.remember_missing(item_id, read_at)
-                return None
-        self.hints.remember_view(item)
-        return item
+            return await read_item(self.core, self.hints, item_id, self.hints.remember_view)
